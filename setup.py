@@ -1,0 +1,62 @@
+"""Builds tbfast._tbcore; when it can't, tbfast installs with its pure-Python fallback.
+
+TBFAST_NO_EXTENSIONS=1 skips the build on purpose.  Free-threaded CPython
+always gets the fallback: the core's GIL-free walk is unsafe without a GIL.
+"""
+
+import os
+import sys
+import sysconfig
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """A failed compile is reported loudly and leaves the fallback in place."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as error:  # noqa: BLE001 - any build failure means fallback
+            self._fall_back(error)
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as error:  # noqa: BLE001
+            self._fall_back(error)
+
+    @staticmethod
+    def _fall_back(error):
+        sys.stderr.write(
+            "\n*** tbfast: building the C core failed (%s);\n"
+            "*** installing the pure-Python fallback, which needs the GIL to dump.\n\n" % error)
+
+
+def extensions():
+    if os.environ.get("TBFAST_NO_EXTENSIONS"):
+        return []
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        sys.stderr.write("*** tbfast: free-threaded CPython: installing the pure-Python fallback\n")
+        return []
+    from Cython.Build import cythonize
+
+    sanitize = os.environ.get("TBFAST_SANITIZE")  # e.g. "address,undefined"
+    flags = ["-O2", "-fno-strict-aliasing"]
+    link = []
+    if sanitize:
+        flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=" + sanitize]
+        link = ["-fsanitize=" + sanitize]
+    core = Extension(
+        "tbfast._tbcore",
+        sources=["src/_tbcore.pyx"],
+        include_dirs=["src"],
+        extra_compile_args=flags,
+        extra_link_args=link,
+    )
+    return cythonize([core], compiler_directives={"language_level": 3},
+                     include_path=["src"], quiet=True)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,351 @@
+# The preallocated dump buffers ("dumpers"), what appends to them, and the
+# writer.  Every function here is async-signal-safe: no allocation, no locks,
+# no Python API; only memcpy-style work and write()/poll() at the end.
+
+from libc.string cimport memcpy, memmove, memchr, memset, strlen
+from libc.errno cimport errno, EINTR, EAGAIN
+from posix.unistd cimport write
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum: POLLOUT
+
+cdef enum:
+    FORMAT_TEXT = 0
+    FORMAT_UWSGI = 1
+    FORMAT_JSON = 2
+    DUMPER_COUNT = 4             # dumps that may run at once (signal, socket, watchdog, API)
+    FRAME_CACHE_SIZE = 4096      # power of two
+    ARENA_SIZE = 512 * 1024      # formatted frames reused within one dump
+    SCRATCH_SIZE = 64 * 1024     # source file reads
+    PATH_BYTES = 4096
+    STRING_BYTES = 4096          # one bounded string, before JSON escaping
+    MAX_RECORDED_FRAMES = 65536  # frames of one thread kept for formatting
+    TAIL_RESERVE = 512           # kept free for the truncation marker and JSON's closing
+    WRITE_POLL_MS = 5000         # a reader that stalls longer loses the rest of the dump
+
+cdef struct FrameCacheEntry:
+    unsigned int generation
+    PyCodeObject *code
+    int lasti
+    int line
+    Py_ssize_t chunk_offset
+    Py_ssize_t chunk_length      # -1 until formatted
+
+cdef struct RecordedFrame:
+    PyCodeObject *code
+    int lasti
+
+cdef struct Dumper:
+    int busy
+    int format
+    bint full
+    char *buf
+    Py_ssize_t capacity          # usable bytes, TAIL_RESERVE excluded
+    Py_ssize_t length
+    unsigned int generation      # bumps per dump, so the frame cache never needs clearing
+    FrameCacheEntry *cache
+    char *arena
+    Py_ssize_t arena_length
+    char *scratch
+    RecordedFrame *frames
+    char *path
+    char *string
+    long dropped_frames
+    long dropped_threads
+    Py_ssize_t mapped_size
+
+cdef Dumper dumpers[DUMPER_COUNT]
+
+
+cdef Py_ssize_t dumper_size(Py_ssize_t buffer_size) noexcept nogil:
+    return (buffer_size + TAIL_RESERVE + FRAME_CACHE_SIZE * sizeof(FrameCacheEntry) + ARENA_SIZE
+            + SCRATCH_SIZE + MAX_RECORDED_FRAMES * sizeof(RecordedFrame) + PATH_BYTES + STRING_BYTES)
+
+
+cdef int dumper_allocate(Dumper *d, Py_ssize_t buffer_size) noexcept nogil:
+    """Maps one dumper's memory; untouched pages cost nothing. Called with the GIL, at setup."""
+    cdef Py_ssize_t size = dumper_size(buffer_size)
+    cdef char *memory = <char *>mmap(NULL, size, PROT_READ | PROT_WRITE,
+                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if <void *>memory == MAP_FAILED:
+        return -1
+    d.mapped_size = size
+    d.buf = memory
+    d.capacity = buffer_size
+    memory += buffer_size + TAIL_RESERVE
+    d.cache = <FrameCacheEntry *>memory
+    memory += FRAME_CACHE_SIZE * sizeof(FrameCacheEntry)
+    d.arena = memory
+    memory += ARENA_SIZE
+    d.scratch = memory
+    memory += SCRATCH_SIZE
+    d.frames = <RecordedFrame *>memory
+    memory += MAX_RECORDED_FRAMES * sizeof(RecordedFrame)
+    d.path = memory
+    memory += PATH_BYTES
+    d.string = memory
+    return 0
+
+
+cdef void dumper_free(Dumper *d) noexcept nogil:
+    if d.buf != NULL:
+        munmap(d.buf, d.mapped_size)
+        d.buf = NULL
+
+
+cdef Dumper *dumper_acquire() noexcept nogil:
+    # Signal safe: a lock-free pick of an idle dumper, or NULL when all are busy.
+    cdef int i
+    for i in range(DUMPER_COUNT):
+        if dumpers[i].buf != NULL and tb_try_acquire(&dumpers[i].busy):
+            return &dumpers[i]
+    return NULL
+
+
+cdef void dumper_start(Dumper *d, int format) noexcept nogil:
+    # Signal safe: resets counters only.
+    d.format = format
+    d.full = False
+    d.length = 0
+    d.arena_length = 0
+    d.dropped_frames = 0
+    d.dropped_threads = 0
+    d.generation += 1
+    if d.generation == 0:  # entries of generation 0 are the never-used ones
+        memset(d.cache, 0, FRAME_CACHE_SIZE * sizeof(FrameCacheEntry))
+        d.generation = 1
+
+
+cdef inline void emit(Dumper *d, const char *data, Py_ssize_t n) noexcept nogil:
+    # Signal safe: appends, or marks the buffer full and drops the bytes.
+    if d.full:
+        return
+    if d.length + n > d.capacity:
+        d.full = True
+        return
+    memcpy(d.buf + d.length, data, n)
+    d.length += n
+
+
+cdef inline void emit_str(Dumper *d, const char *text) noexcept nogil:
+    # Signal safe.
+    emit(d, text, strlen(text))
+
+
+cdef void emit_tail(Dumper *d, const char *data, Py_ssize_t n) noexcept nogil:
+    # Signal safe: writes into the reserve kept for the closing lines.
+    if d.length + n > d.capacity + TAIL_RESERVE:
+        n = d.capacity + TAIL_RESERVE - d.length
+    memcpy(d.buf + d.length, data, n)
+    d.length += n
+
+
+cdef inline void emit_tail_str(Dumper *d, const char *text) noexcept nogil:
+    # Signal safe.
+    emit_tail(d, text, strlen(text))
+
+
+cdef Py_ssize_t format_unsigned(char *out, unsigned long long value) noexcept nogil:
+    # Signal safe: decimal digits, returns their count.
+    cdef char digits[24]
+    cdef int n = 0, i
+    while True:
+        digits[n] = <char>(48 + value % 10)
+        n += 1
+        value //= 10
+        if value == 0:
+            break
+    for i in range(n):
+        out[i] = digits[n - 1 - i]
+    return n
+
+
+cdef inline void emit_decimal(Dumper *d, long long value) noexcept nogil:
+    # Signal safe.
+    cdef char digits[24]
+    cdef Py_ssize_t n = 0
+    if value < 0:
+        digits[0] = b'-'
+        n = 1
+        value = -value
+    n += format_unsigned(digits + n, <unsigned long long>value)
+    emit(d, digits, n)
+
+
+cdef void emit_hex16(Dumper *d, unsigned long value) noexcept nogil:
+    # Signal safe: 0x and 16 lowercase digits, as faulthandler prints thread ids.
+    cdef char out[18]
+    cdef int i
+    out[0] = b'0'
+    out[1] = b'x'
+    for i in range(16):
+        out[17 - i] = b"0123456789abcdef"[value & 15]
+        value >>= 4
+    emit(d, out, 18)
+
+
+cdef Py_ssize_t encode_bounded(PyObject *text, Py_ssize_t limit, char *out) noexcept nogil:
+    """Signal safe: UTF-8 of a str read from its raw data, lone surrogates as \\udcXX,
+    cut to `limit` bytes with '...' (as _fallback.bounded).  -1 if not a str."""
+    if text == NULL or not PyUnicode_Check(text):
+        return -1
+    cdef Py_ssize_t count = PyUnicode_GET_LENGTH(text), i, n = 0, fits = 0
+    if PyUnicode_IS_COMPACT_ASCII(text):
+        if count <= limit:
+            memcpy(out, PyUnicode_DATA(text), count)
+            return count
+        memcpy(out, PyUnicode_DATA(text), limit - 3)
+        memcpy(out + limit - 3, b"...", 3)
+        return limit
+    cdef int kind = PyUnicode_KIND(text)
+    cdef void *data = PyUnicode_DATA(text)
+    cdef unsigned int c
+    cdef char unit[6]
+    cdef int size, j
+    for i in range(count):
+        c = PyUnicode_READ(kind, data, i)
+        if c < 0x80:
+            unit[0] = <char>c
+            size = 1
+        elif c < 0x800:
+            unit[0] = <char>(0xC0 | (c >> 6))
+            unit[1] = <char>(0x80 | (c & 0x3F))
+            size = 2
+        elif 0xD800 <= c <= 0xDFFF:
+            # backslashreplace: six ASCII bytes, each its own unit
+            size = 0
+            for j in range(6):
+                unit[0] = b"\\udcXX"[j] if j < 2 else b"0123456789abcdef"[(c >> (4 * (5 - j))) & 15]
+                if n + 1 > limit:
+                    memcpy(out + fits, b"...", 3)
+                    return fits + 3
+                out[n] = unit[0]
+                n += 1
+                if n <= limit - 3:
+                    fits = n
+            continue
+        elif c < 0x10000:
+            unit[0] = <char>(0xE0 | (c >> 12))
+            unit[1] = <char>(0x80 | ((c >> 6) & 0x3F))
+            unit[2] = <char>(0x80 | (c & 0x3F))
+            size = 3
+        else:
+            unit[0] = <char>(0xF0 | (c >> 18))
+            unit[1] = <char>(0x80 | ((c >> 12) & 0x3F))
+            unit[2] = <char>(0x80 | ((c >> 6) & 0x3F))
+            unit[3] = <char>(0x80 | (c & 0x3F))
+            size = 4
+        if n + size > limit:
+            memcpy(out + fits, b"...", 3)
+            return fits + 3
+        memcpy(out + n, unit, size)
+        n += size
+        if n <= limit - 3:
+            fits = n
+    return n
+
+
+cdef Py_ssize_t encode_path(PyObject *text, char *out, Py_ssize_t capacity) noexcept nogil:
+    """Signal safe: os.fsencode() of a str into a NUL-terminated path: UTF-8, with
+    surrogateescape's lone surrogates turned back into their bytes.  -1 if it can't."""
+    if text == NULL or not PyUnicode_Check(text):
+        return -1
+    cdef Py_ssize_t count = PyUnicode_GET_LENGTH(text), i, n = 0
+    cdef int kind = PyUnicode_KIND(text)
+    cdef void *data = PyUnicode_DATA(text)
+    cdef unsigned int c
+    for i in range(count):
+        if n + 4 >= capacity:
+            return -1
+        c = PyUnicode_READ(kind, data, i)
+        if c == 0:
+            return -1
+        if c < 0x80:
+            out[n] = <char>c
+            n += 1
+        elif 0xDC80 <= c <= 0xDCFF:
+            out[n] = <char>(c - 0xDC00)
+            n += 1
+        elif 0xD800 <= c <= 0xDFFF:
+            return -1
+        elif c < 0x800:
+            out[n] = <char>(0xC0 | (c >> 6))
+            out[n + 1] = <char>(0x80 | (c & 0x3F))
+            n += 2
+        elif c < 0x10000:
+            out[n] = <char>(0xE0 | (c >> 12))
+            out[n + 1] = <char>(0x80 | ((c >> 6) & 0x3F))
+            out[n + 2] = <char>(0x80 | (c & 0x3F))
+            n += 3
+        else:
+            out[n] = <char>(0xF0 | (c >> 18))
+            out[n + 1] = <char>(0x80 | ((c >> 12) & 0x3F))
+            out[n + 2] = <char>(0x80 | ((c >> 6) & 0x3F))
+            out[n + 3] = <char>(0x80 | (c & 0x3F))
+            n += 4
+    out[n] = 0
+    return n
+
+
+cdef void emit_json_string(Dumper *d, const char *data, Py_ssize_t n) noexcept nogil:
+    """Signal safe: a JSON string as json.dumps(ensure_ascii=False) writes it."""
+    cdef Py_ssize_t i, start = 0
+    cdef unsigned char c
+    cdef char escape[6]
+    emit_str(d, b'"')
+    for i in range(n):
+        c = <unsigned char>data[i]
+        if c >= 0x20 and c != b'"' and c != b'\\':
+            continue
+        emit(d, data + start, i - start)
+        start = i + 1
+        if c == b'"':
+            emit_str(d, b'\\"')
+        elif c == b'\\':
+            emit_str(d, b'\\\\')
+        elif c == b'\n':
+            emit_str(d, b'\\n')
+        elif c == b'\r':
+            emit_str(d, b'\\r')
+        elif c == b'\t':
+            emit_str(d, b'\\t')
+        elif c == 8:
+            emit_str(d, b'\\b')
+        elif c == 12:
+            emit_str(d, b'\\f')
+        else:
+            memcpy(escape, b"\\u00", 4)
+            escape[4] = b"0123456789abcdef"[c >> 4]
+            escape[5] = b"0123456789abcdef"[c & 15]
+            emit(d, escape, 6)
+    emit(d, data + start, n - start)
+    emit_str(d, b'"')
+
+
+cdef int write_all(int fd, const char *data, Py_ssize_t n) noexcept nogil:
+    """Signal safe: write() until done; 0, or an errno.  One call when the fd takes it all;
+    a non-blocking fd is polled, and a reader stalled past WRITE_POLL_MS ends the dump."""
+    cdef Py_ssize_t done
+    cdef pollfd waiter
+    while n > 0:
+        done = write(fd, data, n)
+        if done >= 0:
+            data += done
+            n -= done
+            continue
+        if errno == EINTR:
+            continue
+        if errno != EAGAIN:
+            return errno
+        waiter.fd = fd
+        waiter.events = POLLOUT
+        waiter.revents = 0
+        if poll(&waiter, 1, WRITE_POLL_MS) <= 0:
+            return EAGAIN
+    return 0

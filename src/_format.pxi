@@ -1,0 +1,482 @@
+# The walk over every thread and frame, and the three formats it feeds.
+# Everything here is async-signal-safe: it reads interpreter memory through
+# tbcore_python.h, formats into the dumper's preallocated memory, and reads
+# source lines with open()/read()/close().
+
+from posix.fcntl cimport open as os_open, O_RDONLY, O_CLOEXEC
+from posix.unistd cimport read, close, getpid
+from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
+
+cdef enum:
+    MAX_THREADS_WALKED = 100000       # a guard against a corrupted thread list
+    MAX_FRAMES_WALKED = 10000000      # and against a cycle in a frame chain
+
+# Read once at import from tbfast._limits (see _tbcore.pyx).
+cdef Py_ssize_t filename_limit, function_limit, source_limit, name_limit, context_limit
+cdef int recursive_cutoff
+cdef unsigned long main_thread_ident = 0
+
+cdef const char *UWSGI_HEADER = b"*** uWSGI Python tracebacker output ***\n\n"
+
+
+cdef struct DumpRequest:
+    PyInterpreterState *interp
+    bint all_threads
+    long current_native_id   # the dumping or signalled thread, 0 for none
+    int skip                 # visible frames of the current thread left out
+    const char *trigger
+    bint gil_held            # by the dumping thread: the walk is exact
+
+
+# ---------------------------------------------------------------- source lines
+
+cdef bint is_space(char c) noexcept nogil:
+    return c == b' ' or c == b'\t' or c == b'\n' or c == b'\r' or c == b'\f' or c == b'\v'
+
+
+cdef Py_ssize_t read_source_line(Dumper *d, PyObject *filename, int lineno, char *out) noexcept nogil:
+    """Signal safe: line `lineno` of a file, stripped and bounded as linecache's would be
+    by _fallback; -1 when there is none."""
+    if lineno < 1 or encode_path(filename, d.path, PATH_BYTES) <= 0:
+        return -1
+    if d.path[0] == b'<':  # "<string>", "<frozen ...>": linecache has no file either
+        return -1
+    cdef int fd = os_open(d.path, O_RDONLY | O_CLOEXEC)
+    if fd < 0:
+        return -1
+    cdef int line = 1
+    cdef Py_ssize_t got, length = 0, start, end
+    cdef char *cursor
+    cdef char *stop
+    cdef char *newline
+    cdef bint found = False, done = False
+    while not done:
+        got = read(fd, d.scratch, SCRATCH_SIZE)
+        if got <= 0:
+            break
+        cursor = d.scratch
+        stop = d.scratch + got
+        while cursor < stop:
+            newline = <char *>memchr(cursor, b'\n', stop - cursor)
+            if line == lineno:
+                found = True
+                end = (newline - cursor) if newline != NULL else (stop - cursor)
+                if length + end > STRING_BYTES:
+                    end = STRING_BYTES - length
+                memcpy(out + length, cursor, end)
+                length += end
+                if newline != NULL:
+                    done = True
+                    break
+                cursor = stop
+            elif newline == NULL:
+                cursor = stop
+            else:
+                line += 1
+                cursor = newline + 1
+    close(fd)
+    if not found:
+        return -1
+    start = 0
+    while start < length and is_space(out[start]):
+        start += 1
+    while length > start and is_space(out[length - 1]):
+        length -= 1
+    if length == start:
+        return -1
+    length -= start
+    if start:
+        memmove(out, out + start, length)
+    if length > source_limit:
+        length = source_limit - 3
+        while length > 0 and (<unsigned char>out[length] & 0xC0) == 0x80:
+            length -= 1  # never end inside a UTF-8 sequence
+        memcpy(out + length, b"...", 3)
+        length += 3
+    return length
+
+
+# ---------------------------------------------------------------- one frame
+
+cdef void emit_bounded(Dumper *d, PyObject *text, Py_ssize_t limit) noexcept nogil:
+    # Signal safe: a str as the text formats print it.
+    cdef Py_ssize_t n = encode_bounded(text, limit, d.string)
+    if n < 0:
+        emit_str(d, b"???")
+    else:
+        emit(d, d.string, n)
+
+
+cdef void emit_bounded_json(Dumper *d, PyObject *text, Py_ssize_t limit) noexcept nogil:
+    # Signal safe: a str as a JSON string.
+    cdef Py_ssize_t n = encode_bounded(text, limit, d.string)
+    if n < 0:
+        emit_str(d, b"null")
+    else:
+        emit_json_string(d, d.string, n)
+
+
+cdef void format_frame(Dumper *d, PyCodeObject *code, int line) noexcept nogil:
+    """Signal safe: one frame in the dump's format, without what depends on the thread."""
+    cdef Py_ssize_t source = read_source_line(d, code.co_filename, line, d.string)
+    # The source sits in d.string until written; move it past what the file name needs.
+    cdef char *source_text = d.string + STRING_BYTES // 2
+    if source > STRING_BYTES // 2:
+        source = STRING_BYTES // 2
+    if source > 0:
+        memcpy(source_text, d.string, source)
+    if d.format == FORMAT_TEXT:
+        emit_str(d, b'  File "')
+        emit_bounded(d, code.co_filename, filename_limit)
+        emit_str(d, b'", line ')
+        emit_decimal(d, line)
+        emit_str(d, b" in ")
+        emit_bounded(d, code.co_name, function_limit)
+        emit_str(d, b"\n")
+        if source > 0:
+            emit_str(d, b"    ")
+            emit(d, source_text, source)
+            emit_str(d, b"\n")
+    elif d.format == FORMAT_UWSGI:
+        emit_str(d, b" filename = ")
+        emit_bounded(d, code.co_filename, filename_limit)
+        emit_str(d, b" lineno = ")
+        emit_decimal(d, line)
+        emit_str(d, b" function = ")
+        emit_bounded(d, code.co_name, function_limit)
+        emit_str(d, b" line = ")
+        if source > 0:
+            emit(d, source_text, source)
+        emit_str(d, b"\n")
+    else:
+        emit_str(d, b'{"file":')
+        emit_bounded_json(d, code.co_filename, filename_limit)
+        emit_str(d, b',"line":')
+        emit_decimal(d, line)
+        emit_str(d, b',"function":')
+        emit_bounded_json(d, code.co_name, function_limit)
+        emit_str(d, b',"source":')
+        if source > 0:
+            emit_json_string(d, source_text, source)
+        else:
+            emit_str(d, b"null")
+        emit_str(d, b"}")
+
+
+cdef FrameCacheEntry *frame_entry(Dumper *d, PyCodeObject *code, int lasti) noexcept nogil:
+    """Signal safe: the cached line (and formatted text) of a code position in this dump.
+    Deep recursion and threads parked in the same place cost one lookup each."""
+    cdef size_t key = ((<size_t>code >> 4) ^ (<size_t>lasti * 0x9E3779B1UL)) & (FRAME_CACHE_SIZE - 1)
+    cdef FrameCacheEntry *entry = &d.cache[key]
+    if entry.generation != d.generation or entry.code != code or entry.lasti != lasti:
+        entry.generation = d.generation
+        entry.code = code
+        entry.lasti = lasti
+        entry.line = PyCode_Addr2Line(code, lasti)
+        entry.chunk_length = -1
+    return entry
+
+
+cdef void emit_frame(Dumper *d, FrameCacheEntry *entry) noexcept nogil:
+    # Signal safe: copies the formatted frame, formatting it the first time.
+    cdef Py_ssize_t start = d.length
+    if entry.chunk_length >= 0:
+        emit(d, d.arena + entry.chunk_offset, entry.chunk_length)
+        return
+    format_frame(d, entry.code, entry.line)
+    if not d.full and d.arena_length + (d.length - start) <= ARENA_SIZE:
+        entry.chunk_offset = d.arena_length
+        entry.chunk_length = d.length - start
+        memcpy(d.arena + d.arena_length, d.buf + start, entry.chunk_length)
+        d.arena_length += entry.chunk_length
+
+
+cdef extern from "Python.h" nogil:
+    int PyCode_Addr2Line(PyCodeObject *code, int addr)
+
+
+# ---------------------------------------------------------------- one thread
+
+cdef Py_ssize_t record_frames(Dumper *d, PyThreadState *tstate, int skip, long *total) noexcept nogil:
+    """Signal safe: the visible frames of a thread, innermost first, into d.frames.
+    `total` gets how many there are, recorded or not."""
+    cdef tb_frame *frame = tb_top_frame(tstate)
+    cdef PyCodeObject *code
+    cdef Py_ssize_t count = 0
+    cdef long walked = 0, visible = 0
+    while frame != NULL and walked < MAX_FRAMES_WALKED:
+        walked += 1
+        code = tb_frame_code(frame)
+        if not tb_frame_is_hidden(frame, code):
+            if skip > 0:
+                skip -= 1
+            else:
+                visible += 1
+                if count < MAX_RECORDED_FRAMES:
+                    d.frames[count].code = code
+                    d.frames[count].lasti = tb_frame_lasti_bytes(frame, code)
+                    count += 1
+        frame = tb_previous_frame(frame)
+    total[0] = visible
+    return count
+
+
+cdef bint has_visible_frame(PyThreadState *tstate) noexcept nogil:
+    # Signal safe.
+    cdef tb_frame *frame = tb_top_frame(tstate)
+    cdef long walked = 0
+    while frame != NULL and walked < MAX_FRAMES_WALKED:
+        if not tb_frame_is_hidden(frame, tb_frame_code(frame)):
+            return True
+        frame = tb_previous_frame(frame)
+        walked += 1
+    return False
+
+
+cdef bint same_place(FrameCacheEntry *a, FrameCacheEntry *b) noexcept nogil:
+    # Signal safe: what traceback compares (file, line, name), by object identity first.
+    return b != NULL and a.line == b.line and (a.code == b.code or (
+        a.code.co_filename == b.code.co_filename and a.code.co_name == b.code.co_name))
+
+
+cdef void emit_repeated(Dumper *d, long count) noexcept nogil:
+    # Signal safe: traceback's "[Previous line repeated N more times]".
+    count -= recursive_cutoff
+    emit_str(d, b"  [Previous line repeated ")
+    emit_decimal(d, count)
+    emit_str(d, b" more times]\n" if count > 1 else b" more time]\n")
+
+
+cdef void emit_thread_name(Dumper *d, PyThreadState *tstate, bint json) noexcept nogil:
+    # Signal safe: the name threading knows, from the slot table.
+    cdef Py_ssize_t n = slot_copy(tb_thread_ident(tstate), tb_thread_native_id(tstate), False, d.string)
+    if json:
+        if n < 0:
+            emit_str(d, b"null")
+        else:
+            emit_json_string(d, d.string, n)
+    elif n < 0:
+        emit_decimal(d, <long long>tb_thread_ident(tstate))
+    else:
+        emit(d, d.string, n)
+
+
+cdef void emit_thread_header(Dumper *d, PyThreadState *tstate, bint current, bint holds_gil) noexcept nogil:
+    """Signal safe: the text format's thread line, and its context line."""
+    cdef unsigned long ident = tb_thread_ident(tstate), native_id = tb_thread_native_id(tstate)
+    cdef Py_ssize_t name = slot_copy(ident, native_id, False, d.string)
+    emit_str(d, b"Current thread " if current else b"Thread ")
+    emit_hex16(d, ident)
+    emit_str(d, b" (")
+    if name >= 0:
+        emit_str(d, b'name "')
+        emit(d, d.string, name)
+        emit_str(d, b'", ')
+    emit_str(d, b"native id ")
+    emit_decimal(d, native_id)
+    if holds_gil:
+        emit_str(d, b", holds the GIL")
+    emit_str(d, b") (most recent call first):\n")
+    cdef Py_ssize_t context = slot_copy(ident, native_id, True, d.string)
+    if context >= 0:
+        emit_str(d, b"  Context: ")
+        emit(d, d.string, context)
+        emit_str(d, b"\n")
+
+
+cdef void emit_thread_json(Dumper *d, PyThreadState *tstate, bint current, bint holds_gil) noexcept nogil:
+    """Signal safe: a JSON thread object up to its open frames array."""
+    cdef unsigned long ident = tb_thread_ident(tstate), native_id = tb_thread_native_id(tstate)
+    emit_str(d, b'{"ident":')
+    emit_decimal(d, <long long>ident)
+    emit_str(d, b',"native_id":')
+    emit_decimal(d, native_id)
+    emit_str(d, b',"name":')
+    emit_thread_name(d, tstate, True)
+    emit_str(d, b',"current":true' if current else b',"current":false')
+    emit_str(d, b',"holds_gil":true' if holds_gil else b',"holds_gil":false')
+    emit_str(d, b',"context":')
+    cdef Py_ssize_t context = slot_copy(ident, native_id, True, d.string)
+    if context < 0:
+        emit_str(d, b"null")
+    else:
+        emit_json_string(d, d.string, context)
+    emit_str(d, b',"frames":[')
+
+
+cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bint first,
+                      PyThreadState *holder) noexcept nogil:
+    """Signal safe: one thread, in the dump's format.  When the buffer fills, what
+    did not fit is rolled back and counted for the truncation marker."""
+    cdef bint current = request.current_native_id != 0 and \
+        <long>tb_thread_native_id(tstate) == request.current_native_id
+    cdef long total
+    cdef Py_ssize_t recorded = record_frames(d, tstate, request.skip if current else 0, &total)
+    cdef Py_ssize_t i, mark = d.length, shown = 0
+    cdef FrameCacheEntry *entry
+    cdef FrameCacheEntry *previous = NULL
+    cdef long count = 0
+    if d.full:
+        d.dropped_threads += 1
+        d.dropped_frames += total
+        return
+    if d.format == FORMAT_JSON:
+        if not first:
+            emit_str(d, b",")
+        emit_thread_json(d, tstate, current, tstate == holder)
+    elif d.format == FORMAT_TEXT:
+        emit_thread_header(d, tstate, current, tstate == holder)
+    if d.full:  # not even the thread's heading fits
+        d.length = mark
+        d.dropped_threads += 1
+        d.dropped_frames += total
+        return
+    for i in range(recorded):
+        # uWSGI prints the oldest frame first; the others the innermost first.
+        entry = frame_entry(d, d.frames[recorded - 1 - i if d.format == FORMAT_UWSGI else i].code,
+                            d.frames[recorded - 1 - i if d.format == FORMAT_UWSGI else i].lasti)
+        mark = d.length
+        if d.format == FORMAT_TEXT:
+            if not same_place(entry, previous):
+                if count > recursive_cutoff:
+                    emit_repeated(d, count)
+                previous = entry
+                count = 0
+            count += 1
+            if count <= recursive_cutoff:
+                emit_frame(d, entry)
+        elif d.format == FORMAT_UWSGI:
+            emit_str(d, b"thread_id = ")
+            emit_thread_name(d, tstate, False)
+            emit_frame(d, entry)
+        else:
+            if i:
+                emit_str(d, b",")
+            emit_frame(d, entry)
+        if d.full:
+            d.length = mark
+            break
+        shown += 1
+    if shown < total:
+        d.dropped_threads += 1
+        d.dropped_frames += total - shown
+    mark = d.length
+    if d.format == FORMAT_TEXT and count > recursive_cutoff and not d.full:
+        emit_repeated(d, count)
+    if d.format == FORMAT_JSON:
+        emit_tail_str(d, b"]}")  # closed even when full: the reserve holds it
+    else:
+        emit_str(d, b"\n")
+    if d.full and d.format != FORMAT_JSON:
+        d.length = mark
+
+
+# ---------------------------------------------------------------- the dump
+
+cdef void emit_timestamp(Dumper *d) noexcept nogil:
+    """Signal safe: the UTC time as 2026-11-21T23:59:01.123456Z, without gmtime()."""
+    cdef timespec now
+    clock_gettime(CLOCK_REALTIME, &now)
+    cdef long long days = now.tv_sec // 86400, seconds = now.tv_sec % 86400
+    # Howard Hinnant's civil_from_days.
+    cdef long long z = days + 719468
+    cdef long long era = z // 146097
+    cdef long long doe = z - era * 146097
+    cdef long long yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    cdef long long doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    cdef long long mp = (5 * doy + 2) // 153
+    cdef long long day = doy - (153 * mp + 2) // 5 + 1
+    cdef long long month = mp + 3 if mp < 10 else mp - 9
+    cdef long long year = yoe + era * 400 + (1 if month <= 2 else 0)
+    cdef char text[27]
+    cdef long long fields[7]
+    cdef int widths[7]
+    cdef const char *separators = b"--T::."
+    fields[:] = [year, month, day, seconds // 3600, seconds % 3600 // 60, seconds % 60, now.tv_nsec // 1000]
+    widths[:] = [4, 2, 2, 2, 2, 2, 6]
+    cdef int i, j, n = 0
+    for i in range(7):
+        for j in range(widths[i]):
+            text[n + widths[i] - 1 - j] = <char>(48 + fields[i] % 10)
+            fields[i] //= 10
+        n += widths[i]
+        text[n] = separators[i] if i < 6 else b'Z'
+        n += 1
+    emit(d, text, n)
+
+
+cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
+    """Signal safe: the whole dump into d.buf (d.length bytes)."""
+    cdef PyThreadState *tstate
+    cdef PyThreadState *main = NULL
+    cdef PyThreadState *holder = tb_gil_holder(request.interp)
+    cdef long threads = 0, walked = 0
+    cdef bint first = True
+    # The main thread goes first, so a full buffer never drops it.
+    tstate = tb_first_thread(request.interp)
+    while tstate != NULL and walked < MAX_THREADS_WALKED:
+        if request.all_threads or <long>tb_thread_native_id(tstate) == request.current_native_id:
+            if has_visible_frame(tstate):
+                threads += 1
+                if tb_thread_ident(tstate) == main_thread_ident:
+                    main = tstate
+        tstate = tb_next_thread(tstate)
+        walked += 1
+    if d.format == FORMAT_UWSGI:
+        emit_str(d, UWSGI_HEADER)
+    elif d.format == FORMAT_TEXT:
+        emit_str(d, b"tbfast dump: pid=")
+        emit_decimal(d, getpid())
+        emit_str(d, b" time=")
+        emit_timestamp(d)
+        emit_str(d, b" trigger=")
+        emit_str(d, request.trigger)
+        emit_str(d, b" mode=gil threads=" if request.gil_held else b" mode=gil-free threads=")
+        emit_decimal(d, threads)
+        emit_str(d, b"\n")
+    else:
+        emit_str(d, b'{"tbfast":1,"pid":')
+        emit_decimal(d, getpid())
+        emit_str(d, b',"time":"')
+        emit_timestamp(d)
+        emit_str(d, b'","trigger":"')
+        emit_str(d, request.trigger)
+        emit_str(d, b'","mode":"gil","threads":[' if request.gil_held else b'","mode":"gil-free","threads":[')
+    if main != NULL:
+        dump_thread(d, main, request, True, holder)
+        first = False
+    tstate = tb_first_thread(request.interp)
+    walked = 0
+    while tstate != NULL and walked < MAX_THREADS_WALKED:
+        if tstate != main and (request.all_threads or
+                               <long>tb_thread_native_id(tstate) == request.current_native_id):
+            if has_visible_frame(tstate):
+                dump_thread(d, tstate, request, first, holder)
+                first = False
+        tstate = tb_next_thread(tstate)
+        walked += 1
+    emit_end(d)
+
+
+cdef void emit_end(Dumper *d) noexcept nogil:
+    """Signal safe: the truncation marker, and JSON's closing."""
+    cdef char number[24]
+    if d.format == FORMAT_JSON:
+        if d.dropped_frames == 0 and d.dropped_threads == 0:
+            emit_tail_str(d, b'],"truncated":null}\n')
+            return
+        emit_tail_str(d, b'],"truncated":{"frames":')
+        emit_tail(d, number, format_unsigned(number, d.dropped_frames))
+        emit_tail_str(d, b',"threads":')
+        emit_tail(d, number, format_unsigned(number, d.dropped_threads))
+        emit_tail_str(d, b',"buffer_size":')
+        emit_tail(d, number, format_unsigned(number, d.capacity))
+        emit_tail_str(d, b"}}\n")
+    elif d.dropped_frames or d.dropped_threads:
+        emit_tail_str(d, b"*** tbfast: buffer full, ")
+        emit_tail(d, number, format_unsigned(number, d.dropped_frames))
+        emit_tail_str(d, b" frames in ")
+        emit_tail(d, number, format_unsigned(number, d.dropped_threads))
+        emit_tail_str(d, b" threads not shown (buffer_size=")
+        emit_tail(d, number, format_unsigned(number, d.capacity))
+        emit_tail_str(d, b") ***\n")

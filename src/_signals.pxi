@@ -1,0 +1,89 @@
+# The C-level signal handler: a dump written while the GIL holder is stuck,
+# because nothing here waits for Python to run.
+
+from posix.signal cimport (sigaction_t, sigaction, siginfo_t, sigemptyset,
+                           SA_SIGINFO, SA_RESTART, SA_NODEFER, SA_ONSTACK)
+from libc.signal cimport SIG_DFL, SIG_IGN, raise_ as raise_signal
+
+cdef extern from "<signal.h>" nogil:
+    enum: NSIG
+
+cdef struct SignalSlot:
+    bint installed
+    int fd
+    bint all_threads
+    bint chain
+    int format
+    char trigger[48]
+    sigaction_t previous
+
+cdef SignalSlot signal_slots[NSIG]
+cdef PyInterpreterState *signal_interp = NULL
+
+
+cdef void on_signal(int signum, siginfo_t *info, void *context) noexcept nogil:
+    # Signal safe: saves errno, runs the shared dump, then chains.
+    cdef int saved_errno = errno
+    cdef SignalSlot *slot = &signal_slots[signum]
+    cdef DumpRequest request
+    request.interp = signal_interp
+    request.all_threads = slot.all_threads
+    request.current_native_id = tb_gettid()
+    request.skip = 0
+    request.trigger = slot.trigger
+    request.gil_held = False
+    dump_to_fd_nogil(slot.fd, &request, slot.format)
+    if slot.chain:
+        chain_previous(signum, info, context, slot)
+    tb_set_errno(saved_errno)
+
+
+cdef void chain_previous(int signum, siginfo_t *info, void *context, SignalSlot *slot) noexcept nogil:
+    # Signal safe: calls the handler we replaced; a default action is re-raised with
+    # the old disposition in place (as faulthandler does), then ours comes back.
+    cdef sigaction_t ours
+    if slot.previous.sa_flags & SA_SIGINFO:
+        (<void (*)(int, siginfo_t *, void *) noexcept nogil>slot.previous.sa_sigaction)(signum, info, context)
+    elif slot.previous.sa_handler == SIG_DFL:
+        sigaction(signum, &slot.previous, &ours)
+        raise_signal(signum)
+        sigaction(signum, &ours, NULL)
+    elif slot.previous.sa_handler != SIG_IGN:
+        (<void (*)(int) noexcept nogil>slot.previous.sa_handler)(signum)
+
+
+cdef int signal_install(int signum, int fd, bint all_threads, bint chain, int format,
+                        bytes trigger) except -1:
+    """Installs (or updates) the handler for one signal.  GIL held."""
+    cdef SignalSlot *slot = &signal_slots[signum]
+    cdef sigaction_t action
+    global signal_interp
+    signal_interp = PyInterpreterState_Get()
+    if len(trigger) >= sizeof(slot.trigger):
+        raise ValueError("signal name too long")
+    memcpy(slot.trigger, <const char *>trigger, len(trigger))
+    slot.trigger[len(trigger)] = 0
+    slot.fd = fd
+    slot.all_threads = all_threads
+    slot.chain = chain
+    slot.format = format
+    sigemptyset(&action.sa_mask)
+    action.sa_sigaction = <void (*)(int, siginfo_t *, void *) noexcept nogil>on_signal
+    action.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK
+    if chain:
+        action.sa_flags |= SA_NODEFER  # so the re-raised default action is delivered
+    if sigaction(signum, &action, NULL if slot.installed else &slot.previous) != 0:
+        raise OSError(errno, "sigaction failed for signal %d" % signum)
+    slot.installed = True
+    return 0
+
+
+cdef bint signal_uninstall(int signum) except -1:
+    """Puts back the handler we replaced.  GIL held."""
+    cdef SignalSlot *slot = &signal_slots[signum]
+    if not slot.installed:
+        return False
+    if sigaction(signum, &slot.previous, NULL) != 0:
+        raise OSError(errno, "sigaction failed for signal %d" % signum)
+    slot.installed = False
+    return True

@@ -1,0 +1,182 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""tbfast's C core: every thread's stack, walked without the GIL and without
+allocating, formatted into a preallocated buffer and written in one write().
+
+The Python layer (tbfast/__init__.py) is the documented API; these functions
+are its implementation, mirrored by tbfast/_fallback.py.
+"""
+
+include "_interp.pxi"
+include "_buffer.pxi"
+include "_threads.pxi"
+include "_format.pxi"
+include "_signals.pxi"
+
+from tbfast import _limits
+
+filename_limit = _limits.FILENAME_LIMIT
+function_limit = _limits.FUNCTION_LIMIT
+source_limit = _limits.SOURCE_LIMIT
+name_limit = _limits.NAME_LIMIT
+context_limit = _limits.CONTEXT_LIMIT
+recursive_cutoff = _limits.RECURSIVE_CUTOFF
+if max(filename_limit, function_limit, source_limit, name_limit, context_limit) + 3 > SLOT_TEXT:
+    raise ImportError("tbfast._limits exceeds the core's SLOT_TEXT")
+
+MODE = "core"
+cdef const char *DUMP_SKIPPED = b"tbfast: dump skipped, every dump buffer is in use\n"
+FORMATS = {"text": FORMAT_TEXT, "uwsgi": FORMAT_UWSGI, "json": FORMAT_JSON}
+
+
+cdef int dump_to_fd_nogil(int fd, DumpRequest *request, int format) noexcept nogil:
+    """Signal safe: the whole path for the GIL-free triggers: a dump, then one write.
+    Returns 0 or an errno; EBUSY when every dumper is in use."""
+    cdef Dumper *d = dumper_acquire()
+    cdef int error
+    if d == NULL:
+        write_all(fd, DUMP_SKIPPED, strlen(DUMP_SKIPPED))
+        return 16  # EBUSY
+    dumper_start(d, format)
+    dump(d, request)
+    error = write_all(fd, d.buf, d.length)
+    tb_release(&d.busy)
+    return error
+
+
+cdef Dumper *dump_with_gil(bint all_threads, str fmt, int skip, str trigger) except NULL:
+    """A dump taken by the calling thread, which holds the GIL, so the walk is exact.
+    The caller releases the dumper."""
+    cdef int format = FORMATS[fmt]
+    cdef DumpRequest request
+    cdef bytes trigger_bytes = trigger.encode()
+    cdef Dumper *d = dumper_acquire()
+    if d == NULL:
+        raise RuntimeError("tbfast: every dump buffer is in use")
+    request.interp = PyInterpreterState_Get()
+    request.all_threads = all_threads
+    request.current_native_id = tb_gettid()
+    request.skip = skip
+    request.trigger = trigger_bytes
+    request.gil_held = True
+    dumper_start(d, format)
+    dump(d, &request)
+    return d
+
+
+def format_dump(bint all_threads, str fmt, int skip, str trigger="api"):
+    """The dump as bytes; `skip` frames of the caller's are left out."""
+    cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger)
+    try:
+        return d.buf[:d.length]
+    finally:
+        tb_release(&d.busy)
+
+
+def dump_to_fd(int fd, bint all_threads, str fmt, int skip, str trigger="api"):
+    """Walks with the GIL, then writes without it: a reader in this same process
+    can drain a pipe meanwhile."""
+    cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger)
+    cdef int error
+    with nogil:
+        error = write_all(fd, d.buf, d.length)
+        tb_release(&d.busy)
+    if error:
+        raise OSError(error, "tbfast: writing the dump to fd %d failed" % fd)
+
+
+def configure(Py_ssize_t buffer_size):
+    """(Re)maps the dump buffers.  A buffer in use by a dump keeps its old size."""
+    cdef int i
+    if buffer_size < 4096:
+        raise ValueError("buffer_size must be at least 4096 bytes, not %d" % buffer_size)
+    for i in range(DUMPER_COUNT):
+        if dumpers[i].buf != NULL:
+            if dumpers[i].capacity == buffer_size or not tb_try_acquire(&dumpers[i].busy):
+                continue
+            dumper_free(&dumpers[i])
+        if dumper_allocate(&dumpers[i], buffer_size) != 0:
+            raise MemoryError("tbfast: cannot map %d bytes for a dump buffer" % dumper_size(buffer_size))
+        tb_release(&dumpers[i].busy)
+
+
+def buffer_size():
+    return dumpers[0].capacity
+
+
+def set_main_thread(unsigned long ident):
+    global main_thread_ident
+    main_thread_ident = ident
+
+
+def record_thread(unsigned long ident, unsigned long native_id, str name):
+    """Remembers a thread's name for GIL-free dumps.  False when the table is full."""
+    cdef ThreadSlot *slot = slot_claim(ident, native_id)
+    if slot == NULL:
+        return False
+    slot_set_text(slot, False, <PyObject *>name, name_limit)
+    return True
+
+
+def sweep_threads(live):
+    """Refills the table with the threads of `live`, (ident, native_id) pairs,
+    keeping their names and contexts."""
+    kept = []
+    cdef ThreadSlot *slot
+    for ident, native_id in live:
+        slot = slot_find(ident, native_id)
+        if slot != NULL:
+            kept.append((ident, native_id, slot.name[:slot.name_length] if slot.name_length >= 0 else None,
+                         slot.context[:slot.context_length] if slot.context_length >= 0 else None))
+    slots_clear()
+    for ident, native_id, name, context in kept:
+        slot = slot_claim(ident, native_id)
+        slot.name_length = -1 if name is None else len(name)
+        slot.context_length = -1 if context is None else len(context)
+        if name is not None:
+            memcpy(slot.name, <const char *>name, len(name))
+        if context is not None:
+            memcpy(slot.context, <const char *>context, len(context))
+
+
+def slots_in_use():
+    return slots_used
+
+
+def set_context(text):
+    """The calling thread's context line; None clears it."""
+    cdef unsigned long ident = PyThread_get_thread_ident()
+    cdef ThreadSlot *slot = slot_claim(ident, current_native_id())
+    if slot == NULL:
+        return False
+    slot_set_text(slot, True, <PyObject *>text if text is not None else NULL, context_limit)
+    return True
+
+
+def get_context():
+    cdef ThreadSlot *slot = slot_find(PyThread_get_thread_ident(), current_native_id())
+    if slot == NULL or slot.context_length < 0:
+        return None
+    return slot.context[:slot.context_length].decode("utf-8", "replace")
+
+
+cdef extern from "pythread.h":
+    unsigned long PyThread_get_thread_ident() nogil
+
+cdef extern from *:
+    """
+    /* The native id of the calling thread, cached: set_context is on the request path. */
+    static __thread long tb_native_id_cache;
+    static inline long tb_current_native_id(void) {
+        if (tb_native_id_cache == 0) tb_native_id_cache = tb_gettid();
+        return tb_native_id_cache;
+    }
+    """
+    long current_native_id "tb_current_native_id"() nogil
+
+
+def register(int signum, int fd, bint all_threads, bint chain, str fmt, str signame):
+    signal_install(signum, fd, all_threads, chain, FORMATS[fmt], ("signal:" + signame).encode())
+
+
+def unregister(int signum):
+    return signal_uninstall(signum)

@@ -1,0 +1,105 @@
+# Thread names and contexts, recorded while the GIL is held and read without it.
+#
+# A fixed open-addressing table keyed by (ident, native id).  Writers hold the
+# GIL, so there is one at a time; GIL-free readers copy a slot under its
+# seqlock and give up on it (no name shown) if it changed meanwhile.
+
+cdef enum:
+    SLOT_COUNT = 4096            # power of two; swept of dead threads when 3/4 used
+    SLOT_TEXT = 512              # >= every bounded string limit + 3
+    EMPTY_IDENT = 0
+    DELETED_IDENT = 1            # a pthread id is a pointer, never 0 or 1
+
+cdef struct ThreadSlot:
+    unsigned long ident
+    unsigned long native_id
+    unsigned int seq
+    Py_ssize_t name_length       # -1 when not known
+    Py_ssize_t context_length    # -1 when none
+    char name[SLOT_TEXT]
+    char context[SLOT_TEXT]
+
+cdef ThreadSlot thread_slots[SLOT_COUNT]
+cdef Py_ssize_t slots_used = 0   # live and deleted; only the GIL holder changes it
+
+
+cdef inline size_t slot_hash(unsigned long ident) noexcept nogil:
+    # Signal safe.
+    return <size_t>(((ident >> 4) * 0x9E3779B97F4A7C15ULL) >> 52) & (SLOT_COUNT - 1)
+
+
+cdef ThreadSlot *slot_find(unsigned long ident, unsigned long native_id) noexcept nogil:
+    # Signal safe: the slot of a thread, or NULL.
+    cdef size_t i = slot_hash(ident), probes
+    cdef ThreadSlot *slot
+    for probes in range(SLOT_COUNT):
+        slot = &thread_slots[i]
+        if slot.ident == EMPTY_IDENT:
+            return NULL
+        if slot.ident == ident and slot.native_id == native_id:
+            return slot
+        i = (i + 1) & (SLOT_COUNT - 1)
+    return NULL
+
+
+cdef ThreadSlot *slot_claim(unsigned long ident, unsigned long native_id) noexcept nogil:
+    """The slot of a thread, made if new; NULL when the table is full.  GIL held."""
+    cdef ThreadSlot *slot = slot_find(ident, native_id)
+    if slot != NULL:
+        return slot
+    if slots_used >= SLOT_COUNT * 3 // 4:
+        return NULL
+    cdef size_t i = slot_hash(ident)
+    while thread_slots[i].ident != EMPTY_IDENT and thread_slots[i].ident != DELETED_IDENT:
+        i = (i + 1) & (SLOT_COUNT - 1)
+    slot = &thread_slots[i]
+    if slot.ident == EMPTY_IDENT:
+        global slots_used
+        slots_used += 1
+    tb_seq_write_begin(&slot.seq)
+    slot.native_id = native_id
+    slot.name_length = -1
+    slot.context_length = -1
+    slot.ident = ident
+    tb_seq_write_end(&slot.seq)
+    return slot
+
+
+cdef Py_ssize_t slot_copy(unsigned long ident, unsigned long native_id, bint context,
+                          char *out) noexcept nogil:
+    # Signal safe: copies a thread's name (or context) into `out`; -1 when unknown.
+    cdef ThreadSlot *slot = slot_find(ident, native_id)
+    cdef unsigned int begin
+    cdef Py_ssize_t length
+    cdef int attempt
+    if slot == NULL:
+        return -1
+    for attempt in range(3):
+        begin = tb_seq_read_begin(&slot.seq)
+        length = slot.context_length if context else slot.name_length
+        if 0 <= length <= SLOT_TEXT:
+            memcpy(out, <char *>slot.context if context else <char *>slot.name, length)
+        if not tb_seq_read_changed(&slot.seq, begin):
+            return length if slot.ident == ident else -1
+    return -1
+
+
+cdef void slot_set_text(ThreadSlot *slot, bint context, PyObject *text, Py_ssize_t limit) noexcept nogil:
+    """Stores a bounded str (or nothing, for NULL) in a slot.  GIL held."""
+    tb_seq_write_begin(&slot.seq)
+    if context:
+        slot.context_length = encode_bounded(text, limit, slot.context) if text != NULL else -1
+    else:
+        slot.name_length = encode_bounded(text, limit, slot.name) if text != NULL else -1
+    tb_seq_write_end(&slot.seq)
+
+
+cdef void slots_clear() noexcept nogil:
+    """Empties the table before it is refilled with the live threads.  GIL held."""
+    global slots_used
+    cdef size_t i
+    for i in range(SLOT_COUNT):
+        tb_seq_write_begin(&thread_slots[i].seq)
+        thread_slots[i].ident = EMPTY_IDENT
+        tb_seq_write_end(&thread_slots[i].seq)
+    slots_used = 0

@@ -1,0 +1,152 @@
+"""tbfast: the live tracebacks of every thread of a worker, fast, without the GIL.
+
+The names that faulthandler has work as faulthandler's do (dump_traceback,
+register, unregister), with a `format` and more in each thread's heading.
+The C core is used when it was built; otherwise, or with TBFAST_NO_EXTENSIONS=1,
+the pure-Python fallback gives the same output whenever the GIL can be taken.
+"""
+
+import os
+import signal as _signal
+import sys
+
+from . import _limits
+
+__all__ = [
+    "HAS_CORE", "MODE", "FORMATS", "dump_traceback", "format_traceback", "register",
+    "unregister", "set_context", "get_context", "configure",
+]
+__version__ = "0.1.0"
+
+FORMATS = ("text", "uwsgi", "json")
+
+_impl = None
+if not os.environ.get("TBFAST_NO_EXTENSIONS"):
+    try:
+        from . import _tbcore as _impl
+    except ImportError:
+        _impl = None
+if _impl is None:
+    from . import _fallback as _impl
+
+HAS_CORE = _impl.MODE == "core"
+#: "core" when the C core is in use, "python" for the pure-Python fallback.
+MODE = _impl.MODE
+
+if HAS_CORE:
+    from . import _names
+
+    _impl.configure(int(os.environ.get("TBFAST_BUFFER_SIZE", _limits.DEFAULT_BUFFER_SIZE)))
+    _names.install(_impl)
+
+
+def _check_format(format):
+    if format not in FORMATS:
+        raise ValueError("unknown format %r: use one of %s" % (format, ", ".join(FORMATS)))
+
+
+def _fileno(file):
+    """An fd from an int or a file object, checked open, as faulthandler takes them."""
+    if file is None:
+        file = sys.stderr
+        if file is None:
+            raise RuntimeError("sys.stderr is None: pass a file or an fd")
+    if isinstance(file, bool) or not isinstance(file, int):
+        fileno = getattr(file, "fileno", None)
+        if fileno is None:
+            raise TypeError("file must be an int fd or have a fileno() method, not %s"
+                            % type(file).__name__)
+        if getattr(file, "closed", False):
+            raise ValueError("file is closed")
+        try:
+            fd = fileno()
+        except (OSError, ValueError) as error:
+            raise ValueError("file has no usable fd: %s" % error) from None
+        flush = getattr(file, "flush", None)
+        if flush is not None:
+            flush()
+    else:
+        fd = file
+    if fd < 0:
+        raise ValueError("file descriptor must be a non-negative integer, not %d" % fd)
+    try:
+        os.fstat(fd)
+    except OSError as error:
+        raise OSError(error.errno, "fd %d is not open" % fd) from None
+    return fd
+
+
+def dump_traceback(file=None, all_threads=True, *, format="text"):
+    """Write the traceback of every thread (or only this one) to a file or fd.
+
+    `file` defaults to sys.stderr.  The write happens without the GIL, so a
+    thread of this process may drain a pipe the dump goes to.
+    """
+    _check_format(format)
+    _impl.dump_to_fd(_fileno(file), all_threads, format, 1)
+
+
+def format_traceback(all_threads=True, *, format="text"):
+    """The dump as a str."""
+    _check_format(format)
+    return _impl.format_dump(all_threads, format, 1).decode("utf-8", "replace")
+
+
+_registered_files = {}
+
+
+def register(signum, file=None, all_threads=True, chain=False, *, format="text"):
+    """Dump on signal `signum`, from a C-level handler when the core is in use:
+    the dump is written even while the GIL holder is stuck in C.
+
+    With chain=True the handler that was there before runs after the dump.
+    """
+    _check_format(format)
+    signum = _valid_signal(signum)
+    fd = _fileno(file)
+    _impl.register(signum, fd, all_threads, chain, format, _signal.Signals(signum).name)
+    _registered_files[signum] = file  # keeps the file, so its fd stays open
+
+
+def unregister(signum):
+    """Put back the handler replaced by register(); False if none was registered."""
+    signum = _valid_signal(signum)
+    _registered_files.pop(signum, None)
+    return _impl.unregister(signum)
+
+
+def _valid_signal(signum):
+    if isinstance(signum, bool) or not isinstance(signum, int):
+        raise TypeError("signal number must be an int, not %s" % type(signum).__name__)
+    if signum not in _signal.valid_signals():
+        raise ValueError("signal number %d out of range" % signum)
+    if signum in (_signal.SIGKILL, _signal.SIGSTOP):
+        raise ValueError("signal %d cannot be caught" % signum)
+    return int(signum)
+
+
+def set_context(text):
+    """Set this thread's context line (a request's method and URL, say); None clears it.
+
+    The core stores it where a GIL-free dump can read it; it is cut at
+    CONTEXT_LIMIT bytes with '...'.
+    """
+    if text is not None and not isinstance(text, str):
+        raise TypeError("context must be a str or None, not %s" % type(text).__name__)
+    if not _impl.set_context(text) and HAS_CORE:
+        _names.sweep(_impl)
+        _impl.set_context(text)
+
+
+def get_context():
+    """This thread's context line, or None."""
+    return _impl.get_context()
+
+
+def configure(*, buffer_size=None):
+    """Resize the preallocated dump buffers (bytes); a dump larger than this is
+    cut with a marker saying how much was left out.  Also TBFAST_BUFFER_SIZE."""
+    if buffer_size is not None:
+        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int):
+            raise TypeError("buffer_size must be an int")
+        _impl.configure(buffer_size)

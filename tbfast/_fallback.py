@@ -1,0 +1,238 @@
+"""The dump in pure Python, for when the C core is missing.
+
+It needs the GIL, so it cannot help a worker whose GIL holder is stuck, but
+whenever it runs its output equals the core's, line for line below the header:
+this module is also the readable reference of the formats the core writes.
+"""
+
+import json
+import linecache
+import os
+import signal
+import sys
+import threading
+import time
+
+from ._limits import (
+    CONTEXT_LIMIT,
+    FILENAME_LIMIT,
+    FUNCTION_LIMIT,
+    NAME_LIMIT,
+    RECURSIVE_CUTOFF,
+    SOURCE_LIMIT,
+)
+
+MODE = "python"
+_UWSGI_HEADER = b"*** uWSGI Python tracebacker output ***\n\n"
+_contexts = {}
+
+
+def bounded(text, limit):
+    """UTF-8 of `text`, lone surrogates as \\udcXX, cut to `limit` bytes with '...'."""
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return data
+    cut = data[: limit - 3]
+    # Never end inside a multi-byte sequence.
+    return cut.decode("utf-8", "ignore").encode("utf-8") + b"..."
+
+
+def _json_string(data):
+    return json.dumps(data.decode("utf-8"), ensure_ascii=False).encode("utf-8")
+
+
+def _json_optional(data):
+    return b"null" if data is None else _json_string(data)
+
+
+def _timestamp(seconds):
+    micros = int(seconds * 1_000_000)
+    whole, fraction = divmod(micros, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + ".%06dZ" % fraction
+
+
+class _Frame:
+    __slots__ = ("file", "line", "function", "source", "code")
+
+    def __init__(self, frame):
+        code = frame.f_code
+        self.code = code
+        self.file = bounded(code.co_filename, FILENAME_LIMIT)
+        self.line = frame.f_lineno
+        self.function = bounded(code.co_name, FUNCTION_LIMIT)
+        source = linecache.getline(code.co_filename, self.line).strip() if self.line else ""
+        self.source = bounded(source, SOURCE_LIMIT) if source else None
+
+    def same_place(self, other):
+        return (other is not None and self.file == other.file
+                and self.line == other.line and self.function == other.function)
+
+
+class _Thread:
+    __slots__ = ("ident", "native_id", "name", "current", "holds_gil", "context", "frames")
+
+
+def _snapshot(all_threads, skip):
+    """The threads to dump, main thread first, innermost frame first."""
+    current = threading.get_ident()
+    main = threading.main_thread().ident
+    frames_by_thread = sys._current_frames()
+    # The caller's frames are ours up to the public API call.
+    frames_by_thread[current] = sys._getframe(skip + 1)
+    idents = [current] if not all_threads else sorted(
+        frames_by_thread, key=lambda ident: ident != main)
+    threads = []
+    for ident in idents:
+        thread = _Thread()
+        known = threading._active.get(ident)
+        thread.ident = ident
+        thread.native_id = (threading.get_native_id() if ident == current
+                            else getattr(known, "native_id", None))
+        thread.name = bounded(known.name, NAME_LIMIT) if known is not None else None
+        thread.current = ident == current
+        thread.holds_gil = thread.current  # we run Python, so we hold it
+        context = _contexts.get(ident)
+        thread.context = bounded(context, CONTEXT_LIMIT) if context else None
+        thread.frames = []
+        frame = frames_by_thread[ident]
+        while frame is not None:
+            thread.frames.append(_Frame(frame))
+            frame = frame.f_back
+        threads.append(thread)
+    return threads
+
+
+def _text_header(thread):
+    parts = []
+    if thread.name is not None:
+        parts.append(b'name "%s"' % thread.name)
+    if thread.native_id is not None:
+        parts.append(b"native id %d" % thread.native_id)
+    if thread.holds_gil:
+        parts.append(b"holds the GIL")
+    head = b"Current thread" if thread.current else b"Thread"
+    line = b"%s 0x%016x" % (head, thread.ident)
+    if parts:
+        line += b" (" + b", ".join(parts) + b")"
+    return line + b" (most recent call first):\n"
+
+
+def _repeated(count):
+    count -= RECURSIVE_CUTOFF
+    return b"  [Previous line repeated %d more time%s]\n" % (count, b"s" if count > 1 else b"")
+
+
+def _format_text(threads):
+    out = []
+    for thread in threads:
+        out.append(_text_header(thread))
+        if thread.context is not None:
+            out.append(b"  Context: %s\n" % thread.context)
+        previous, count = None, 0
+        for frame in thread.frames:
+            if not frame.same_place(previous):
+                if count > RECURSIVE_CUTOFF:
+                    out.append(_repeated(count))
+                previous, count = frame, 0
+            count += 1
+            if count > RECURSIVE_CUTOFF:
+                continue
+            out.append(b'  File "%s", line %d in %s\n' % (frame.file, frame.line, frame.function))
+            if frame.source is not None:
+                out.append(b"    %s\n" % frame.source)
+        if count > RECURSIVE_CUTOFF:
+            out.append(_repeated(count))
+        out.append(b"\n")
+    return b"".join(out)
+
+
+def _format_uwsgi(threads):
+    out = [_UWSGI_HEADER]
+    for thread in threads:
+        name = thread.name if thread.name is not None else b"%d" % thread.ident
+        for frame in reversed(thread.frames):
+            out.append(b"thread_id = %s filename = %s lineno = %d function = %s line = %s\n" % (
+                name, frame.file, frame.line, frame.function, frame.source or b""))
+        out.append(b"\n")
+    return b"".join(out)
+
+
+def _format_json_threads(threads):
+    items = []
+    for thread in threads:
+        frames = b",".join(
+            b'{"file":%s,"line":%d,"function":%s,"source":%s}' % (
+                _json_string(frame.file), frame.line, _json_string(frame.function),
+                _json_optional(frame.source))
+            for frame in thread.frames)
+        items.append(
+            b'{"ident":%d,"native_id":%s,"name":%s,"current":%s,"holds_gil":%s,'
+            b'"context":%s,"frames":[%s]}' % (
+                thread.ident,
+                b"null" if thread.native_id is None else b"%d" % thread.native_id,
+                _json_optional(thread.name),
+                b"true" if thread.current else b"false",
+                b"true" if thread.holds_gil else b"false",
+                _json_optional(thread.context), frames))
+    return b",".join(items)
+
+
+def format_dump(all_threads, fmt, skip, trigger="api"):
+    """The whole dump as bytes, in format 'text', 'uwsgi' or 'json'."""
+    threads = _snapshot(all_threads, skip + 1)
+    pid, now = os.getpid(), _timestamp(time.time())
+    if fmt == "json":
+        return b'{"tbfast":1,"pid":%d,"time":"%s","trigger":"%s","mode":"%s","threads":[%s],' \
+               b'"truncated":null}\n' % (pid, now.encode(), trigger.encode(), MODE.encode(),
+                                         _format_json_threads(threads))
+    if fmt == "uwsgi":  # uWSGI's parsers expect its own first line
+        return _format_uwsgi(threads)
+    header = b"tbfast dump: pid=%d time=%s trigger=%s mode=%s threads=%d\n" % (
+        pid, now.encode(), trigger.encode(), MODE.encode(), len(threads))
+    return header + _format_text(threads)
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def dump_to_fd(fd, all_threads, fmt, skip, trigger="api"):
+    write_all(fd, format_dump(all_threads, fmt, skip + 1, trigger))
+
+
+def set_context(text):
+    if text is None:
+        _contexts.pop(threading.get_ident(), None)
+    else:
+        _contexts[threading.get_ident()] = text
+
+
+def get_context():
+    return _contexts.get(threading.get_ident())
+
+
+_registered = {}
+
+
+def register(signum, fd, all_threads, chain, fmt, signame):
+    """A Python-level handler: it runs only when the main thread runs Python."""
+    def handler(number, frame):
+        dump_to_fd(fd, all_threads, fmt, 0, "signal:" + signame)
+        if chain and callable(previous):
+            previous(number, frame)
+
+    previous = signal.signal(signum, handler)
+    _registered.setdefault(signum, previous)
+
+
+def unregister(signum):
+    if signum not in _registered:
+        return False
+    signal.signal(signum, _registered.pop(signum))
+    return True
+
+
+def configure(buffer_size):
+    """The fallback builds each dump in memory, so there is nothing to size."""
