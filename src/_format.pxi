@@ -315,7 +315,7 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bi
     cdef Py_ssize_t i, mark = d.length, shown = 0
     cdef FrameCacheEntry *entry
     cdef FrameCacheEntry *previous = NULL
-    cdef long count = 0
+    cdef long count = 0, represented
     if d.full:
         d.dropped_threads += 1
         d.dropped_frames += total
@@ -336,15 +336,19 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bi
         entry = frame_entry(d, d.frames[recorded - 1 - i if d.format == FORMAT_UWSGI else i].code,
                             d.frames[recorded - 1 - i if d.format == FORMAT_UWSGI else i].lasti)
         mark = d.length
+        represented = 1  # frames this step puts in the output
         if d.format == FORMAT_TEXT:
+            represented = 0
             if not same_place(entry, previous):
                 if count > recursive_cutoff:
                     emit_repeated(d, count)
+                    represented = count - recursive_cutoff
                 previous = entry
                 count = 0
             count += 1
             if count <= recursive_cutoff:
                 emit_frame(d, entry)
+                represented += 1
         elif d.format == FORMAT_UWSGI:
             emit_str(d, b"thread_id = ")
             emit_thread_name(d, tstate, False)
@@ -356,19 +360,21 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bi
         if d.full:
             d.length = mark
             break
-        shown += 1
+        shown += represented
+    if d.format == FORMAT_TEXT and count > recursive_cutoff and not d.full:
+        mark = d.length
+        emit_repeated(d, count)
+        if d.full:
+            d.length = mark
+        else:
+            shown += count - recursive_cutoff
     if shown < total:
         d.dropped_threads += 1
         d.dropped_frames += total - shown
-    mark = d.length
-    if d.format == FORMAT_TEXT and count > recursive_cutoff and not d.full:
-        emit_repeated(d, count)
     if d.format == FORMAT_JSON:
         emit_tail_str(d, b"]}")  # closed even when full: the reserve holds it
     else:
-        emit_str(d, b"\n")
-    if d.full and d.format != FORMAT_JSON:
-        d.length = mark
+        emit_str(d, b"\n")  # all or nothing, like every emit
 
 
 # ---------------------------------------------------------------- the dump

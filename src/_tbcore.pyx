@@ -87,8 +87,6 @@ def dump_to_fd(int fd, bint all_threads, str fmt, int skip, str trigger="api"):
 def configure(Py_ssize_t buffer_size):
     """(Re)maps the dump buffers.  A buffer in use by a dump keeps its old size."""
     cdef int i
-    if buffer_size < 4096:
-        raise ValueError("buffer_size must be at least 4096 bytes, not %d" % buffer_size)
     for i in range(DUMPER_COUNT):
         if dumpers[i].buf != NULL:
             if dumpers[i].capacity == buffer_size or not tb_try_acquire(&dumpers[i].busy):

@@ -19,6 +19,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 FORMATS = ("text", "uwsgi", "json")
+MIN_BUFFER_SIZE = 4096
 
 _impl = None
 if not os.environ.get("TBFAST_NO_EXTENSIONS"):
@@ -36,7 +37,6 @@ MODE = _impl.MODE
 if HAS_CORE:
     from . import _names
 
-    _impl.configure(int(os.environ.get("TBFAST_BUFFER_SIZE", _limits.DEFAULT_BUFFER_SIZE)))
     _names.install(_impl)
 
 
@@ -149,4 +149,19 @@ def configure(*, buffer_size=None):
     if buffer_size is not None:
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, int):
             raise TypeError("buffer_size must be an int")
+        if buffer_size < MIN_BUFFER_SIZE:
+            raise ValueError("buffer_size must be at least %d bytes, not %d"
+                             % (MIN_BUFFER_SIZE, buffer_size))
         _impl.configure(buffer_size)
+
+
+def _configure_from_environment():
+    value = os.environ.get("TBFAST_BUFFER_SIZE")
+    try:
+        size = int(value) if value else _limits.DEFAULT_BUFFER_SIZE
+    except ValueError:
+        raise ValueError("TBFAST_BUFFER_SIZE must be a number of bytes, not %r" % value) from None
+    configure(buffer_size=size)
+
+
+_configure_from_environment()

@@ -1,0 +1,117 @@
+"""The public API: faulthandler-compatible names, clear errors for bad input,
+and a write that never waits on the GIL."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import tbfast
+import shapes
+from conftest import needs_core
+
+
+def test_dump_to_an_int_fd_and_to_a_file_object(tmp_path):
+    with open(tmp_path / "by-fd", "wb") as sink:
+        tbfast.dump_traceback(sink.fileno(), format="json")
+    with open(tmp_path / "by-file", "w") as sink:
+        sink.write("before\n")  # flushed first, so the dump comes after it
+        tbfast.dump_traceback(sink)
+    assert json.loads((tmp_path / "by-fd").read_bytes())["trigger"] == "api"
+    assert (tmp_path / "by-file").read_text().startswith("before\ntbfast dump: pid=")
+
+
+def test_bad_input_gets_a_clear_error(tmp_path):
+    with open(tmp_path / "closed", "w") as closed:
+        pass
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    os.close(write_end)
+    cases = [
+        (lambda: tbfast.dump_traceback(closed), ValueError, "closed"),
+        (lambda: tbfast.dump_traceback(write_end), OSError, "fd %d is not open" % write_end),
+        (lambda: tbfast.dump_traceback(-1), ValueError, "non-negative"),
+        (lambda: tbfast.dump_traceback(io.StringIO()), ValueError, "no usable fd"),
+        (lambda: tbfast.dump_traceback(object()), TypeError, "fileno"),
+        (lambda: tbfast.dump_traceback(1.5), TypeError, "fileno"),
+        (lambda: tbfast.format_traceback(format="xml"), ValueError, "unknown format 'xml'"),
+        (lambda: tbfast.register(0, sys.stderr), ValueError, "signal number 0 out of range"),
+        (lambda: tbfast.register(signal.NSIG + 5, sys.stderr), ValueError, "out of range"),
+        (lambda: tbfast.register(signal.SIGKILL, sys.stderr), ValueError, "cannot be caught"),
+        (lambda: tbfast.register("SIGUSR1", sys.stderr), TypeError, "must be an int"),
+        (lambda: tbfast.register(signal.SIGUSR1, object()), TypeError, "fileno"),
+        (lambda: tbfast.set_context(b"bytes"), TypeError, "str or None"),
+        (lambda: tbfast.configure(buffer_size=10), ValueError, "at least 4096"),
+        (lambda: tbfast.configure(buffer_size="big"), TypeError, "int"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+
+
+@needs_core
+def test_write_error_is_reported_not_swallowed():
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        with pytest.raises(OSError, match="writing the dump to fd"):
+            tbfast.dump_traceback(write_end)
+    finally:
+        signal.signal(signal.SIGPIPE, previous)
+        os.close(write_end)
+
+
+@needs_core
+def test_dump_into_a_pipe_this_process_drains(parked):
+    """The write releases the GIL, so a reader thread here can drain the pipe:
+    faulthandler, which keeps the GIL while writing, deadlocks on this."""
+    for _ in range(64):
+        parked(lambda park: shapes.deep_recursion(park, 40))
+    read_end, write_end = os.pipe()
+    received = []
+
+    def drain():
+        while True:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            received.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    tbfast.dump_traceback(write_end, format="uwsgi")  # uWSGI's format repeats every frame
+    os.close(write_end)
+    reader.join(30)
+    os.close(read_end)
+    data = b"".join(received)
+    assert len(data) > 65536  # more than the pipe holds, so the drain was needed
+    assert data.count(b"function = deep_recursion") == 64 * 41
+
+
+def test_fallback_is_chosen_by_environment_and_dumps_the_same_shape():
+    script = ("import json, tbfast\n"
+              "print(tbfast.MODE, tbfast.HAS_CORE)\n"
+              "print(tbfast.format_traceback(format='json'))\n")
+    env = dict(os.environ, TBFAST_NO_EXTENSIONS="1")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env,
+                            timeout=30, check=True)
+    first, document = result.stdout.decode().split("\n", 1)
+    assert first == "python False"
+    frames = json.loads(document)["threads"][0]["frames"]
+    assert [(frame["file"], frame["line"], frame["function"]) for frame in frames] == [
+        ("<string>", 3, "<module>")]
+
+
+@needs_core
+def test_buffer_size_from_environment():
+    script = "import tbfast; print(tbfast._impl.buffer_size())"
+    env = dict(os.environ, TBFAST_BUFFER_SIZE="65536")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env,
+                            timeout=30, check=True)
+    assert result.stdout == b"65536\n"
