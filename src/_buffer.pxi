@@ -2,7 +2,8 @@
 # writer.  Every function here is async-signal-safe: no allocation, no locks,
 # no Python API; only memcpy-style work and write()/poll() at the end.
 
-from libc.string cimport memcpy, memmove, memchr, memset, strlen
+from libc.string cimport memcpy, memmove, memchr, memcmp, memset, strlen
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from libc.errno cimport errno, EINTR, EAGAIN
 from posix.unistd cimport write
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED
@@ -27,7 +28,6 @@ cdef enum:
     STRING_BYTES = 4096          # one bounded string, before JSON escaping
     MAX_RECORDED_FRAMES = 65536  # frames of one thread kept for formatting
     TAIL_RESERVE = 512           # kept free for the truncation marker and JSON's closing
-    WRITE_POLL_MS = 5000         # a reader that stalls longer loses the rest of the dump
 
 cdef struct FrameCacheEntry:
     unsigned int generation
@@ -328,11 +328,20 @@ cdef void emit_json_string(Dumper *d, const char *data, Py_ssize_t n) noexcept n
     emit_str(d, b'"')
 
 
-cdef int write_all(int fd, const char *data, Py_ssize_t n) noexcept nogil:
-    """Signal safe: write() until done; 0, or an errno.  One call when the fd takes it all;
-    a non-blocking fd is polled, and a reader stalled past WRITE_POLL_MS ends the dump."""
+cdef long long monotonic_ms() noexcept nogil:
+    # Signal safe: clock_gettime is on the async-signal-safe list.
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec * 1000LL + now.tv_nsec // 1000000
+
+
+cdef int write_all(int fd, const char *data, Py_ssize_t n, int timeout_ms) noexcept nogil:
+    """Signal safe: write() until done; 0, or an errno.  One call when the fd takes it
+    all; a full non-blocking fd is polled, and a reader that has not taken everything
+    within `timeout_ms` loses the rest (EAGAIN), so no reader can hold a dumper."""
     cdef Py_ssize_t done
     cdef pollfd waiter
+    cdef long long deadline = -1, left
     while n > 0:
         done = write(fd, data, n)
         if done >= 0:
@@ -343,9 +352,12 @@ cdef int write_all(int fd, const char *data, Py_ssize_t n) noexcept nogil:
             continue
         if errno != EAGAIN:
             return errno
+        if deadline < 0:
+            deadline = monotonic_ms() + timeout_ms
+        left = deadline - monotonic_ms()
         waiter.fd = fd
         waiter.events = POLLOUT
         waiter.revents = 0
-        if poll(&waiter, 1, WRITE_POLL_MS) <= 0:
+        if left <= 0 or poll(&waiter, 1, <int>left) <= 0:
             return EAGAIN
     return 0

@@ -5,7 +5,7 @@
 
 from posix.fcntl cimport open as os_open, O_RDONLY, O_CLOEXEC
 from posix.unistd cimport read, close, getpid
-from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
+from posix.time cimport CLOCK_REALTIME
 
 cdef enum:
     MAX_THREADS_WALKED = 100000       # a guard against a corrupted thread list
@@ -22,7 +22,7 @@ cdef const char *UWSGI_HEADER = b"*** uWSGI Python tracebacker output ***\n\n"
 cdef struct DumpRequest:
     PyInterpreterState *interp
     bint all_threads
-    long current_native_id   # the dumping or signalled thread, 0 for none
+    unsigned long current_ident  # pthread_self() of the dumping or signalled thread, 0 for none
     int skip                 # visible frames of the current thread left out
     const char *trigger
     bint gil_held            # by the dumping thread: the walk is exact
@@ -249,7 +249,7 @@ cdef void emit_repeated(Dumper *d, long count) noexcept nogil:
 
 cdef void emit_thread_name(Dumper *d, PyThreadState *tstate, bint json) noexcept nogil:
     # Signal safe: the name threading knows, from the slot table.
-    cdef Py_ssize_t n = slot_copy(tb_thread_ident(tstate), tb_thread_native_id(tstate), False, d.string)
+    cdef Py_ssize_t n = slot_copy(tb_thread_ident(tstate), False, d.string)
     if json:
         if n < 0:
             emit_str(d, b"null")
@@ -264,7 +264,7 @@ cdef void emit_thread_name(Dumper *d, PyThreadState *tstate, bint json) noexcept
 cdef void emit_thread_header(Dumper *d, PyThreadState *tstate, bint current, bint holds_gil) noexcept nogil:
     """Signal safe: the text format's thread line, and its context line."""
     cdef unsigned long ident = tb_thread_ident(tstate), native_id = tb_thread_native_id(tstate)
-    cdef Py_ssize_t name = slot_copy(ident, native_id, False, d.string)
+    cdef Py_ssize_t name = slot_copy(ident, False, d.string)
     emit_str(d, b"Current thread " if current else b"Thread ")
     emit_hex16(d, ident)
     emit_str(d, b" (")
@@ -277,7 +277,7 @@ cdef void emit_thread_header(Dumper *d, PyThreadState *tstate, bint current, bin
     if holds_gil:
         emit_str(d, b", holds the GIL")
     emit_str(d, b") (most recent call first):\n")
-    cdef Py_ssize_t context = slot_copy(ident, native_id, True, d.string)
+    cdef Py_ssize_t context = slot_copy(ident, True, d.string)
     if context >= 0:
         emit_str(d, b"  Context: ")
         emit(d, d.string, context)
@@ -296,7 +296,7 @@ cdef void emit_thread_json(Dumper *d, PyThreadState *tstate, bint current, bint 
     emit_str(d, b',"current":true' if current else b',"current":false')
     emit_str(d, b',"holds_gil":true' if holds_gil else b',"holds_gil":false')
     emit_str(d, b',"context":')
-    cdef Py_ssize_t context = slot_copy(ident, native_id, True, d.string)
+    cdef Py_ssize_t context = slot_copy(ident, True, d.string)
     if context < 0:
         emit_str(d, b"null")
     else:
@@ -308,8 +308,7 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bi
                       PyThreadState *holder) noexcept nogil:
     """Signal safe: one thread, in the dump's format.  When the buffer fills, what
     did not fit is rolled back and counted for the truncation marker."""
-    cdef bint current = request.current_native_id != 0 and \
-        <long>tb_thread_native_id(tstate) == request.current_native_id
+    cdef bint current = request.current_ident != 0 and tb_thread_ident(tstate) == request.current_ident
     cdef long total
     cdef Py_ssize_t recorded = record_frames(d, tstate, request.skip if current else 0, &total)
     cdef Py_ssize_t i, mark = d.length, shown = 0
@@ -421,7 +420,7 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
     # The main thread goes first, so a full buffer never drops it.
     tstate = tb_first_thread(request.interp)
     while tstate != NULL and walked < MAX_THREADS_WALKED:
-        if request.all_threads or <long>tb_thread_native_id(tstate) == request.current_native_id:
+        if request.all_threads or tb_thread_ident(tstate) == request.current_ident:
             if has_visible_frame(tstate):
                 threads += 1
                 if tb_thread_ident(tstate) == main_thread_ident:
@@ -455,7 +454,7 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
     walked = 0
     while tstate != NULL and walked < MAX_THREADS_WALKED:
         if tstate != main and (request.all_threads or
-                               <long>tb_thread_native_id(tstate) == request.current_native_id):
+                               tb_thread_ident(tstate) == request.current_ident):
             if has_visible_frame(tstate):
                 dump_thread(d, tstate, request, first, holder)
                 first = False

@@ -33,10 +33,11 @@ cdef extern from "tbcore_python.h" nogil:
 
 cdef extern from *:
     """
-    #include <sys/syscall.h>
     #include <unistd.h>
-    /* Signal safe: one raw syscall. */
-    static inline long tb_gettid(void) { return syscall(SYS_gettid); }
+    #include <pthread.h>
+    /* Signal safe in practice: glibc reads it from the thread pointer, no call into
+       the kernel or locks; unlike the kernel's thread id it survives fork(). */
+    static inline unsigned long tb_thread_self(void) { return (unsigned long)pthread_self(); }
     /* Signal safe: a handler puts back the errno it found. */
     static inline void tb_set_errno(int value) { errno = value; }
     /* Signal safe: lock-free flags for the dumper pool and the signal guard. */
@@ -60,7 +61,7 @@ cdef extern from *:
         return (begin & 1) || __atomic_load_n(seq, __ATOMIC_RELAXED) != begin;
     }
     """
-    long tb_gettid() nogil
+    unsigned long tb_thread_self() nogil
     void tb_set_errno(int value) nogil
     bint tb_try_acquire(int *flag) nogil
     void tb_release(int *flag) nogil

@@ -8,6 +8,9 @@ from libc.signal cimport SIG_DFL, SIG_IGN, raise_ as raise_signal
 cdef extern from "<signal.h>" nogil:
     enum: NSIG
 
+cdef enum:
+    SIGNAL_WRITE_MS = 5000     # a stalled reader of the signal's fd loses the rest
+
 cdef struct SignalSlot:
     bint installed
     int fd
@@ -28,11 +31,11 @@ cdef void on_signal(int signum, siginfo_t *info, void *context) noexcept nogil:
     cdef DumpRequest request
     request.interp = signal_interp
     request.all_threads = slot.all_threads
-    request.current_native_id = tb_gettid()
+    request.current_ident = tb_thread_self()
     request.skip = 0
     request.trigger = slot.trigger
     request.gil_held = False
-    dump_to_fd_nogil(slot.fd, &request, slot.format)
+    dump_to_fd_nogil(slot.fd, &request, slot.format, SIGNAL_WRITE_MS)
     if slot.chain:
         chain_previous(signum, info, context, slot)
     tb_set_errno(saved_errno)

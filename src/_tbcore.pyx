@@ -11,6 +11,7 @@ include "_buffer.pxi"
 include "_threads.pxi"
 include "_format.pxi"
 include "_signals.pxi"
+include "_server.pxi"
 
 from tbfast import _limits
 
@@ -24,21 +25,23 @@ if max(filename_limit, function_limit, source_limit, name_limit, context_limit) 
     raise ImportError("tbfast._limits exceeds the core's SLOT_TEXT")
 
 MODE = "core"
+cdef enum:
+    API_WRITE_MS = 60000  # the caller's own fd: wait as a blocking write would, but not forever
 cdef const char *DUMP_SKIPPED = b"tbfast: dump skipped, every dump buffer is in use\n"
 FORMATS = {"text": FORMAT_TEXT, "uwsgi": FORMAT_UWSGI, "json": FORMAT_JSON}
 
 
-cdef int dump_to_fd_nogil(int fd, DumpRequest *request, int format) noexcept nogil:
+cdef int dump_to_fd_nogil(int fd, DumpRequest *request, int format, int timeout_ms) noexcept nogil:
     """Signal safe: the whole path for the GIL-free triggers: a dump, then one write.
     Returns 0 or an errno; EBUSY when every dumper is in use."""
     cdef Dumper *d = dumper_acquire()
     cdef int error
     if d == NULL:
-        write_all(fd, DUMP_SKIPPED, strlen(DUMP_SKIPPED))
+        write_all(fd, DUMP_SKIPPED, strlen(DUMP_SKIPPED), timeout_ms)
         return 16  # EBUSY
     dumper_start(d, format)
     dump(d, request)
-    error = write_all(fd, d.buf, d.length)
+    error = write_all(fd, d.buf, d.length, timeout_ms)
     tb_release(&d.busy)
     return error
 
@@ -54,7 +57,7 @@ cdef Dumper *dump_with_gil(bint all_threads, str fmt, int skip, str trigger) exc
         raise RuntimeError("tbfast: every dump buffer is in use")
     request.interp = PyInterpreterState_Get()
     request.all_threads = all_threads
-    request.current_native_id = tb_gettid()
+    request.current_ident = tb_thread_self()
     request.skip = skip
     request.trigger = trigger_bytes
     request.gil_held = True
@@ -78,7 +81,7 @@ def dump_to_fd(int fd, bint all_threads, str fmt, int skip, str trigger="api"):
     cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger)
     cdef int error
     with nogil:
-        error = write_all(fd, d.buf, d.length)
+        error = write_all(fd, d.buf, d.length, API_WRITE_MS)
         tb_release(&d.busy)
     if error:
         raise OSError(error, "tbfast: writing the dump to fd %d failed" % fd)
@@ -106,9 +109,9 @@ def set_main_thread(unsigned long ident):
     main_thread_ident = ident
 
 
-def record_thread(unsigned long ident, unsigned long native_id, str name):
+def record_thread(unsigned long ident, str name):
     """Remembers a thread's name for GIL-free dumps.  False when the table is full."""
-    cdef ThreadSlot *slot = slot_claim(ident, native_id)
+    cdef ThreadSlot *slot = slot_claim(ident)
     if slot == NULL:
         return False
     slot_set_text(slot, False, <PyObject *>name, name_limit)
@@ -116,18 +119,18 @@ def record_thread(unsigned long ident, unsigned long native_id, str name):
 
 
 def sweep_threads(live):
-    """Refills the table with the threads of `live`, (ident, native_id) pairs,
+    """Refills the table with the threads whose idents are in `live`,
     keeping their names and contexts."""
     kept = []
     cdef ThreadSlot *slot
-    for ident, native_id in live:
-        slot = slot_find(ident, native_id)
+    for ident in live:
+        slot = slot_find(ident)
         if slot != NULL:
-            kept.append((ident, native_id, slot.name[:slot.name_length] if slot.name_length >= 0 else None,
+            kept.append((ident, slot.name[:slot.name_length] if slot.name_length >= 0 else None,
                          slot.context[:slot.context_length] if slot.context_length >= 0 else None))
     slots_clear()
-    for ident, native_id, name, context in kept:
-        slot = slot_claim(ident, native_id)
+    for ident, name, context in kept:
+        slot = slot_claim(ident)
         slot.name_length = -1 if name is None else len(name)
         slot.context_length = -1 if context is None else len(context)
         if name is not None:
@@ -142,8 +145,7 @@ def slots_in_use():
 
 def set_context(text):
     """The calling thread's context line; None clears it."""
-    cdef unsigned long ident = PyThread_get_thread_ident()
-    cdef ThreadSlot *slot = slot_claim(ident, current_native_id())
+    cdef ThreadSlot *slot = slot_claim(PyThread_get_thread_ident())
     if slot == NULL:
         return False
     slot_set_text(slot, True, <PyObject *>text if text is not None else NULL, context_limit)
@@ -151,7 +153,7 @@ def set_context(text):
 
 
 def get_context():
-    cdef ThreadSlot *slot = slot_find(PyThread_get_thread_ident(), current_native_id())
+    cdef ThreadSlot *slot = slot_find(PyThread_get_thread_ident())
     if slot == NULL or slot.context_length < 0:
         return None
     return slot.context[:slot.context_length].decode("utf-8", "replace")
@@ -160,16 +162,21 @@ def get_context():
 cdef extern from "pythread.h":
     unsigned long PyThread_get_thread_ident() nogil
 
-cdef extern from *:
-    """
-    /* The native id of the calling thread, cached: set_context is on the request path. */
-    static __thread long tb_native_id_cache;
-    static inline long tb_current_native_id(void) {
-        if (tb_native_id_cache == 0) tb_native_id_cache = tb_gettid();
-        return tb_native_id_cache;
-    }
-    """
-    long current_native_id "tb_current_native_id"() nogil
+
+
+def serve_start(int listen_fd, str default_format, unsigned int owner_uid):
+    """Serves dumps on a bound, listening UNIX socket (the fd is the server's from
+    now on) from a native thread; a server already running is stopped first."""
+    server_stop()
+    server_start(listen_fd, FORMATS[default_format], owner_uid)
+
+
+def serve_stop():
+    """Stops the server thread and closes its socket (the file stays); False if none ran."""
+    return server_stop()
+
+
+pthread_atfork(NULL, NULL, after_fork_in_child)
 
 
 def register(int signum, int fd, bint all_threads, bint chain, str fmt, str signame):

@@ -1,8 +1,10 @@
 # Thread names and contexts, recorded while the GIL is held and read without it.
 #
-# A fixed open-addressing table keyed by (ident, native id).  Writers hold the
-# GIL, so there is one at a time; GIL-free readers copy a slot under its
-# seqlock and give up on it (no name shown) if it changed meanwhile.
+# A fixed open-addressing table keyed by the thread ident (pthread_self), which,
+# unlike the native id, survives fork() in the forking thread.  A new thread
+# overwrites the slot of a dead one with the same ident as it starts.  Writers
+# hold the GIL, so there is one at a time; GIL-free readers copy a slot under
+# its seqlock and give up on it (no name shown) if it changed meanwhile.
 
 cdef enum:
     SLOT_COUNT = 4096            # power of two; swept of dead threads when 3/4 used
@@ -12,7 +14,6 @@ cdef enum:
 
 cdef struct ThreadSlot:
     unsigned long ident
-    unsigned long native_id
     unsigned int seq
     Py_ssize_t name_length       # -1 when not known
     Py_ssize_t context_length    # -1 when none
@@ -28,7 +29,7 @@ cdef inline size_t slot_hash(unsigned long ident) noexcept nogil:
     return <size_t>(((ident >> 4) * 0x9E3779B97F4A7C15ULL) >> 52) & (SLOT_COUNT - 1)
 
 
-cdef ThreadSlot *slot_find(unsigned long ident, unsigned long native_id) noexcept nogil:
+cdef ThreadSlot *slot_find(unsigned long ident) noexcept nogil:
     # Signal safe: the slot of a thread, or NULL.
     cdef size_t i = slot_hash(ident), probes
     cdef ThreadSlot *slot
@@ -36,15 +37,15 @@ cdef ThreadSlot *slot_find(unsigned long ident, unsigned long native_id) noexcep
         slot = &thread_slots[i]
         if slot.ident == EMPTY_IDENT:
             return NULL
-        if slot.ident == ident and slot.native_id == native_id:
+        if slot.ident == ident:
             return slot
         i = (i + 1) & (SLOT_COUNT - 1)
     return NULL
 
 
-cdef ThreadSlot *slot_claim(unsigned long ident, unsigned long native_id) noexcept nogil:
+cdef ThreadSlot *slot_claim(unsigned long ident) noexcept nogil:
     """The slot of a thread, made if new; NULL when the table is full.  GIL held."""
-    cdef ThreadSlot *slot = slot_find(ident, native_id)
+    cdef ThreadSlot *slot = slot_find(ident)
     if slot != NULL:
         return slot
     if slots_used >= SLOT_COUNT * 3 // 4:
@@ -57,7 +58,6 @@ cdef ThreadSlot *slot_claim(unsigned long ident, unsigned long native_id) noexce
         global slots_used
         slots_used += 1
     tb_seq_write_begin(&slot.seq)
-    slot.native_id = native_id
     slot.name_length = -1
     slot.context_length = -1
     slot.ident = ident
@@ -65,10 +65,9 @@ cdef ThreadSlot *slot_claim(unsigned long ident, unsigned long native_id) noexce
     return slot
 
 
-cdef Py_ssize_t slot_copy(unsigned long ident, unsigned long native_id, bint context,
-                          char *out) noexcept nogil:
+cdef Py_ssize_t slot_copy(unsigned long ident, bint context, char *out) noexcept nogil:
     # Signal safe: copies a thread's name (or context) into `out`; -1 when unknown.
-    cdef ThreadSlot *slot = slot_find(ident, native_id)
+    cdef ThreadSlot *slot = slot_find(ident)
     cdef unsigned int begin
     cdef Py_ssize_t length
     cdef int attempt

@@ -13,11 +13,11 @@ def install(core):
     core.set_main_thread(threading.main_thread().ident)
 
     def record(thread):
-        if thread.ident is None or thread.native_id is None:
+        if thread.ident is None:
             return
-        if not core.record_thread(thread.ident, thread.native_id, thread.name):
+        if not core.record_thread(thread.ident, thread.name):
             sweep(core)
-            core.record_thread(thread.ident, thread.native_id, thread.name)
+            core.record_thread(thread.ident, thread.name)
 
     original_set_native_id = threading.Thread._set_native_id
 
@@ -39,5 +39,4 @@ def install(core):
 
 def sweep(core):
     """Drops dead threads from the core's table (it keeps names and contexts of the live)."""
-    core.sweep_threads([(thread.ident, thread.native_id) for thread in threading.enumerate()
-                        if thread.native_id is not None])
+    core.sweep_threads([thread.ident for thread in threading.enumerate()])
