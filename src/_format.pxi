@@ -26,6 +26,21 @@ cdef struct DumpRequest:
     int skip                 # visible frames of the current thread left out
     const char *trigger
     bint gil_held            # by the dumping thread: the walk is exact
+    unsigned long stuck_ident  # harakiri: the thread whose deadline passed, 0 for none
+    long long stuck_ns         # and since when it is armed
+
+
+cdef void request_init(DumpRequest *request, PyInterpreterState *interp, const char *trigger,
+                       unsigned long current_ident, bint gil_held) noexcept nogil:
+    # Signal safe: a dump of every thread; triggers change what is theirs.
+    request.interp = interp
+    request.all_threads = True
+    request.current_ident = current_ident
+    request.skip = 0
+    request.trigger = trigger
+    request.gil_held = gil_held
+    request.stuck_ident = 0
+    request.stuck_ns = 0
 
 
 # ---------------------------------------------------------------- source lines
@@ -261,7 +276,20 @@ cdef void emit_thread_name(Dumper *d, PyThreadState *tstate, bint json) noexcept
         emit(d, d.string, n)
 
 
-cdef void emit_thread_header(Dumper *d, PyThreadState *tstate, bint current, bint holds_gil) noexcept nogil:
+cdef void emit_seconds(Dumper *d, long long nanoseconds) noexcept nogil:
+    # Signal safe: 3.021 for 3021000000.
+    cdef char digits[24]
+    cdef long long millis = nanoseconds // 1000000
+    emit_decimal(d, millis // 1000)
+    emit_str(d, b".")
+    digits[0] = <char>(48 + millis % 1000 // 100)
+    digits[1] = <char>(48 + millis % 100 // 10)
+    digits[2] = <char>(48 + millis % 10)
+    emit(d, digits, 3)
+
+
+cdef void emit_thread_header(Dumper *d, PyThreadState *tstate, bint current, bint holds_gil,
+                             long long stuck_ns) noexcept nogil:
     """Signal safe: the text format's thread line, and its context line."""
     cdef unsigned long ident = tb_thread_ident(tstate), native_id = tb_thread_native_id(tstate)
     cdef Py_ssize_t name = slot_copy(ident, False, d.string)
@@ -276,6 +304,10 @@ cdef void emit_thread_header(Dumper *d, PyThreadState *tstate, bint current, bin
     emit_decimal(d, native_id)
     if holds_gil:
         emit_str(d, b", holds the GIL")
+    if stuck_ns:
+        emit_str(d, b", stuck for ")
+        emit_seconds(d, stuck_ns)
+        emit_str(d, b" s")
     emit_str(d, b") (most recent call first):\n")
     cdef Py_ssize_t context = slot_copy(ident, True, d.string)
     if context >= 0:
@@ -284,7 +316,8 @@ cdef void emit_thread_header(Dumper *d, PyThreadState *tstate, bint current, bin
         emit_str(d, b"\n")
 
 
-cdef void emit_thread_json(Dumper *d, PyThreadState *tstate, bint current, bint holds_gil) noexcept nogil:
+cdef void emit_thread_json(Dumper *d, PyThreadState *tstate, bint current, bint holds_gil,
+                           long long stuck_ns) noexcept nogil:
     """Signal safe: a JSON thread object up to its open frames array."""
     cdef unsigned long ident = tb_thread_ident(tstate), native_id = tb_thread_native_id(tstate)
     emit_str(d, b'{"ident":')
@@ -301,6 +334,9 @@ cdef void emit_thread_json(Dumper *d, PyThreadState *tstate, bint current, bint 
         emit_str(d, b"null")
     else:
         emit_json_string(d, d.string, context)
+    if stuck_ns:  # only in harakiri dumps, on the stuck thread
+        emit_str(d, b',"stuck_seconds":')
+        emit_seconds(d, stuck_ns)
     emit_str(d, b',"frames":[')
 
 
@@ -315,6 +351,7 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bi
     cdef FrameCacheEntry *entry
     cdef FrameCacheEntry *previous = NULL
     cdef long count = 0, represented
+    cdef long long stuck_ns = request.stuck_ns if tb_thread_ident(tstate) == request.stuck_ident else 0
     if d.full:
         d.dropped_threads += 1
         d.dropped_frames += total
@@ -322,9 +359,9 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bi
     if d.format == FORMAT_JSON:
         if not first:
             emit_str(d, b",")
-        emit_thread_json(d, tstate, current, tstate == holder)
+        emit_thread_json(d, tstate, current, tstate == holder, stuck_ns)
     elif d.format == FORMAT_TEXT:
-        emit_thread_header(d, tstate, current, tstate == holder)
+        emit_thread_header(d, tstate, current, tstate == holder, stuck_ns)
     if d.full:  # not even the thread's heading fits
         d.length = mark
         d.dropped_threads += 1

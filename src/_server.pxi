@@ -120,12 +120,7 @@ cdef void serve_client(int client) noexcept nogil:
     if format < 0:
         write_all(client, BAD_REQUEST, strlen(BAD_REQUEST), SOCKET_WRITE_MS)
         return
-    request.interp = server.interp
-    request.all_threads = True
-    request.current_ident = 0  # this thread runs no Python
-    request.skip = 0
-    request.trigger = b"socket"
-    request.gil_held = False
+    request_init(&request, server.interp, b"socket", 0, False)  # this thread runs no Python
     dump_to_fd_nogil(client, &request, format, SOCKET_WRITE_MS)
 
 

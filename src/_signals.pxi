@@ -29,12 +29,8 @@ cdef void on_signal(int signum, siginfo_t *info, void *context) noexcept nogil:
     cdef int saved_errno = errno
     cdef SignalSlot *slot = &signal_slots[signum]
     cdef DumpRequest request
-    request.interp = signal_interp
+    request_init(&request, signal_interp, slot.trigger, tb_thread_self(), False)
     request.all_threads = slot.all_threads
-    request.current_ident = tb_thread_self()
-    request.skip = 0
-    request.trigger = slot.trigger
-    request.gil_held = False
     dump_to_fd_nogil(slot.fd, &request, slot.format, SIGNAL_WRITE_MS)
     if slot.chain:
         chain_previous(signum, info, context, slot)

@@ -12,6 +12,9 @@ include "_threads.pxi"
 include "_format.pxi"
 include "_signals.pxi"
 include "_server.pxi"
+include "_watchdog.pxi"
+
+import functools
 
 from tbfast import _limits
 
@@ -55,12 +58,9 @@ cdef Dumper *dump_with_gil(bint all_threads, str fmt, int skip, str trigger) exc
     cdef Dumper *d = dumper_acquire()
     if d == NULL:
         raise RuntimeError("tbfast: every dump buffer is in use")
-    request.interp = PyInterpreterState_Get()
+    request_init(&request, PyInterpreterState_Get(), trigger_bytes, tb_thread_self(), True)
     request.all_threads = all_threads
-    request.current_ident = tb_thread_self()
     request.skip = skip
-    request.trigger = trigger_bytes
-    request.gil_held = True
     dumper_start(d, format)
     dump(d, &request)
     return d
@@ -119,28 +119,16 @@ def record_thread(unsigned long ident, str name):
 
 
 def sweep_threads(live):
-    """Refills the table with the threads whose idents are in `live`,
-    keeping their names and contexts."""
-    kept = []
-    cdef ThreadSlot *slot
-    for ident in live:
-        slot = slot_find(ident)
-        if slot != NULL:
-            kept.append((ident, slot.name[:slot.name_length] if slot.name_length >= 0 else None,
-                         slot.context[:slot.context_length] if slot.context_length >= 0 else None))
-    slots_clear()
-    for ident, name, context in kept:
-        slot = slot_claim(ident)
-        slot.name_length = -1 if name is None else len(name)
-        slot.context_length = -1 if context is None else len(context)
-        if name is not None:
-            memcpy(slot.name, <const char *>name, len(name))
-        if context is not None:
-            memcpy(slot.context, <const char *>context, len(context))
+    """Frees the slots of threads whose idents are not in `live`."""
+    live = set(live)
+    cdef size_t i
+    for i in range(SLOT_COUNT):
+        if thread_slots[i].ident > DELETED_IDENT and thread_slots[i].ident not in live:
+            slot_delete(&thread_slots[i])
 
 
 def slots_in_use():
-    return slots_used
+    return slots_live
 
 
 def set_context(text):
@@ -177,6 +165,118 @@ def serve_stop():
 
 
 pthread_atfork(NULL, NULL, after_fork_in_child)
+
+ACTIONS = {"log": ACTION_LOG, "raise": ACTION_RAISE, "abort": ACTION_ABORT}
+
+
+cdef long long seconds_to_ns(double seconds, str what) except -1:
+    if not (seconds > 0) or seconds == float("inf"):  # NaN fails the first test
+        raise ValueError("%s must be a positive number of seconds, not %r" % (what, seconds))
+    return <long long>(seconds * 1e9)
+
+
+cdef class HarakiriScope:
+    """Arms this thread's deadline on entry, puts back the outer one on exit.
+    One scope object is entered by one thread at a time."""
+    cdef long long timeout_ns, outer_deadline, outer_armed
+    cdef int action, outer_action
+    cdef unsigned long ident
+    cdef readonly double seconds
+    cdef readonly str action_name
+
+    def __cinit__(self, double seconds, str action="log"):
+        self.timeout_ns = seconds_to_ns(seconds, "timeout")
+        if action not in ACTIONS:
+            raise ValueError("unknown action %r: use one of log, raise, abort" % (action,))
+        self.action = ACTIONS[action]
+        self.seconds = seconds
+        self.action_name = action
+
+    def __call__(self, function):
+        """As a decorator: each call of `function` runs in a scope of its own."""
+        seconds, action, scope = self.seconds, self.action_name, type(self)
+
+        @functools.wraps(function)
+        def guarded(*args, **kwargs):
+            with scope(seconds, action):
+                return function(*args, **kwargs)
+        return guarded
+
+    def __enter__(self):
+        self.ident = PyThread_get_thread_ident()
+        cdef ThreadSlot *slot = slot_claim(self.ident)
+        if slot == NULL:
+            raise RuntimeError("tbfast: the thread table is full")
+        self.outer_deadline = slot.deadline_ns
+        self.outer_armed = slot.armed_ns
+        self.outer_action = slot.action
+        cdef long long now = monotonic_ns(), deadline = now + self.timeout_ns
+        slot.action = self.action
+        slot.armed_ns = now
+        tb_bump(&slot.arm_seq)  # before the deadline: see check_slot
+        tb_store_ll(&slot.deadline_ns, deadline)
+        watchdog_wake_if_later_than(deadline)
+        return self
+
+    def __exit__(self, *exc_info):
+        cdef ThreadSlot *slot = slot_find(self.ident)
+        if slot != NULL:
+            tb_store_ll(&slot.deadline_ns, 0)
+            if self.outer_deadline:  # the outer scope's deadline is armed again, and reported anew
+                slot.action = self.outer_action
+                slot.armed_ns = self.outer_armed
+                tb_bump(&slot.arm_seq)
+                tb_store_ll(&slot.deadline_ns, self.outer_deadline)
+                watchdog_wake_if_later_than(self.outer_deadline)
+        return False
+
+
+def watchdog_configure(int dump_fd, str fmt, int notify_fd, double repeat, double grace):
+    """Where expiries go (fd, or -1; the Python side's pipe, or -1), how often a still
+    stuck thread is logged again and the grace before raise or abort; starts the thread."""
+    watchdog.dump_fd = dump_fd
+    watchdog.dump_format = FORMATS[fmt]
+    watchdog.notify_fd = notify_fd
+    watchdog.repeat_ns = seconds_to_ns(repeat, "repeat")
+    watchdog.grace_ns = 0 if grace == 0 else seconds_to_ns(grace, "grace")
+    watchdog_start()
+
+
+def watchdog_shutdown():
+    return watchdog_stop()
+
+
+def take_mailbox(int mailbox):
+    """The dump the watchdog kept for the logger; frees its buffer."""
+    cdef Dumper *d = &dumpers[mailbox]
+    try:
+        return d.buf[:d.length]
+    finally:
+        release_mailbox(mailbox)
+
+
+def raise_in_thread(unsigned long ident, exception):
+    """Raises `exception` in a thread when it next runs Python code."""
+    return PyThreadState_SetAsyncExc(ident, <PyObject *>exception)
+
+
+def dump_later(double timeout, bint repeat, int fd, bint exit):
+    """faulthandler.dump_traceback_later, on the watchdog thread."""
+    cdef long long interval = seconds_to_ns(timeout, "timeout")
+    watchdog.later_fd = fd
+    watchdog.later_exit = exit
+    watchdog.later_interval_ns = interval if repeat else 0
+    watchdog_start()
+    tb_store_ll(&watchdog.later_deadline_ns, monotonic_ns() + interval)
+    watchdog_wake_if_later_than(monotonic_ns() + interval)
+
+
+def cancel_dump_later():
+    tb_store_ll(&watchdog.later_deadline_ns, 0)
+
+
+cdef extern from "Python.h":
+    int PyThreadState_SetAsyncExc(unsigned long ident, PyObject *exception)
 
 
 def register(int signum, int fd, bint all_threads, bint chain, str fmt, str signame):

@@ -15,13 +15,23 @@ cdef enum:
 cdef struct ThreadSlot:
     unsigned long ident
     unsigned int seq
+    # harakiri: written by the owning thread (GIL held), read by the watchdog
+    long long deadline_ns        # CLOCK_MONOTONIC; 0 when disarmed
+    long long armed_ns
+    unsigned int arm_seq         # bumped per arm, so each expiry is reported once
+    int action
+    # written by the watchdog only
+    unsigned int reported_seq
+    bint action_done
+    long long next_report_ns
+    long long action_at_ns
     Py_ssize_t name_length       # -1 when not known
     Py_ssize_t context_length    # -1 when none
     char name[SLOT_TEXT]
     char context[SLOT_TEXT]
 
 cdef ThreadSlot thread_slots[SLOT_COUNT]
-cdef Py_ssize_t slots_used = 0   # live and deleted; only the GIL holder changes it
+cdef Py_ssize_t slots_live = 0   # only the GIL holder changes it
 
 
 cdef inline size_t slot_hash(unsigned long ident) noexcept nogil:
@@ -48,16 +58,16 @@ cdef ThreadSlot *slot_claim(unsigned long ident) noexcept nogil:
     cdef ThreadSlot *slot = slot_find(ident)
     if slot != NULL:
         return slot
-    if slots_used >= SLOT_COUNT * 3 // 4:
+    if slots_live >= SLOT_COUNT * 3 // 4:
         return NULL
     cdef size_t i = slot_hash(ident)
-    while thread_slots[i].ident != EMPTY_IDENT and thread_slots[i].ident != DELETED_IDENT:
+    while thread_slots[i].ident > DELETED_IDENT:
         i = (i + 1) & (SLOT_COUNT - 1)
     slot = &thread_slots[i]
-    if slot.ident == EMPTY_IDENT:
-        global slots_used
-        slots_used += 1
+    global slots_live
+    slots_live += 1
     tb_seq_write_begin(&slot.seq)
+    slot.deadline_ns = 0
     slot.name_length = -1
     slot.context_length = -1
     slot.ident = ident
@@ -93,12 +103,11 @@ cdef void slot_set_text(ThreadSlot *slot, bint context, PyObject *text, Py_ssize
     tb_seq_write_end(&slot.seq)
 
 
-cdef void slots_clear() noexcept nogil:
-    """Empties the table before it is refilled with the live threads.  GIL held."""
-    global slots_used
-    cdef size_t i
-    for i in range(SLOT_COUNT):
-        tb_seq_write_begin(&thread_slots[i].seq)
-        thread_slots[i].ident = EMPTY_IDENT
-        tb_seq_write_end(&thread_slots[i].seq)
-    slots_used = 0
+cdef void slot_delete(ThreadSlot *slot) noexcept nogil:
+    """Frees the slot of a thread that ended (its probe chain stays intact).  GIL held."""
+    global slots_live
+    tb_seq_write_begin(&slot.seq)
+    slot.ident = DELETED_IDENT
+    slot.deadline_ns = 0
+    tb_seq_write_end(&slot.seq)
+    slots_live -= 1

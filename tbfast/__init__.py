@@ -14,7 +14,8 @@ from . import _limits
 
 __all__ = [
     "HAS_CORE", "MODE", "FORMATS", "dump_traceback", "format_traceback", "register",
-    "unregister", "set_context", "get_context", "configure",
+    "unregister", "set_context", "get_context", "configure", "harakiri", "HarakiriError",
+    "dump_traceback_later", "cancel_dump_traceback_later",
 ]
 __version__ = "0.1.0"
 
@@ -38,6 +39,10 @@ if HAS_CORE:
     from . import _names
 
     _names.install(_impl)
+
+
+from .watchdog import (  # noqa: E402 - needs _impl
+    HarakiriError, cancel_dump_traceback_later, dump_traceback_later, harakiri)
 
 
 def _check_format(format):

@@ -236,3 +236,8 @@ def unregister(signum):
 
 def configure(buffer_size):
     """The fallback builds each dump in memory, so there is nothing to size."""
+
+
+from ._fallback_watchdog import (  # noqa: E402,F401 - the same names as the core's
+    HarakiriScope, cancel_dump_later, dump_later, raise_in_thread, take_mailbox,
+    watchdog_configure)

@@ -1,0 +1,243 @@
+# The harakiri watchdog: a native thread that dumps the stack of a thread whose
+# deadline passed, without the GIL, then takes the configured action.
+#
+# Arming writes a deadline into the thread's slot: no syscall, no allocation.
+# The watchdog sleeps on a futex word until the nearest deadline.  Each arm bumps
+# the word, so a watchdog that scanned before the arm sees the word moved and
+# rescans at once; only a deadline nearer than the watchdog's planned wake-up
+# costs the arming thread a FUTEX_WAKE.  A disarm writes nothing the watchdog
+# must hear of: it wakes at the old deadline, finds nothing, and sleeps on.
+
+from posix.signal cimport kill
+from libc.signal cimport SIGKILL
+
+cdef extern from *:
+    """
+    #include <linux/futex.h>
+    #include <sys/syscall.h>
+    #include <limits.h>
+    /* Wait while *word == expected, at most timeout_ns (< 0: no limit). */
+    static inline void tb_futex_wait(unsigned int *word, unsigned int expected, long long timeout_ns) {
+        struct timespec timeout;
+        timeout.tv_sec = timeout_ns / 1000000000LL;
+        timeout.tv_nsec = timeout_ns % 1000000000LL;
+        syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, timeout_ns < 0 ? NULL : &timeout, NULL, 0);
+    }
+    static inline void tb_futex_wake(unsigned int *word) {
+        syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    }
+    static inline unsigned int tb_bump(unsigned int *word) {
+        return __atomic_add_fetch(word, 1, __ATOMIC_SEQ_CST);
+    }
+    static inline unsigned int tb_unbump(unsigned int *word) {
+        return __atomic_sub_fetch(word, 1, __ATOMIC_SEQ_CST);
+    }
+    static inline unsigned int tb_load_uint(unsigned int *word) {
+        return __atomic_load_n(word, __ATOMIC_SEQ_CST);
+    }
+    static inline long long tb_load_ll(long long *value) {
+        return __atomic_load_n(value, __ATOMIC_ACQUIRE);
+    }
+    static inline void tb_store_ll(long long *value, long long new_value) {
+        __atomic_store_n(value, new_value, __ATOMIC_RELEASE);
+    }
+    """
+    void tb_futex_wait(unsigned int *word, unsigned int expected, long long timeout_ns) nogil
+    void tb_futex_wake(unsigned int *word) nogil
+    unsigned int tb_bump(unsigned int *word) nogil
+    unsigned int tb_unbump(unsigned int *word) nogil
+    unsigned int tb_load_uint(unsigned int *word) nogil
+    long long tb_load_ll(long long *value) nogil
+    void tb_store_ll(long long *value, long long new_value) nogil
+
+cdef enum:
+    MAILBOXES = 2              # dumps held for the logger at most; the rest go to the fd only
+    ACTION_LOG = 0
+    ACTION_RAISE = 1
+    ACTION_ABORT = 2
+
+cdef long long NEVER = 0x7FFFFFFFFFFFFFFF
+cdef long long RETRY_NS = 1000000
+
+cdef struct Watchdog:
+    bint running
+    bint stopping
+    unsigned int wake_word
+    long long next_wake_ns     # published after each scan; arms compare against it
+    pthread_t thread
+    PyInterpreterState *interp
+    int dump_fd                # -1: no fd destination
+    int dump_format
+    int notify_fd              # the Python side's pipe: expiries to log or raise; -1: none
+    unsigned int mailboxes_held
+    long long repeat_ns        # log again this often while still stuck
+    long long grace_ns         # between the dump and the raise or abort
+    # dump_traceback_later: one process-wide timer, as in faulthandler
+    long long later_deadline_ns
+    long long later_interval_ns  # 0: once
+    int later_fd
+    bint later_exit
+
+cdef Watchdog watchdog
+
+
+cdef long long monotonic_ns() noexcept nogil:
+    # Signal safe: clock_gettime (vDSO, no syscall on Linux).
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec * 1000000000LL + now.tv_nsec
+
+
+cdef void watchdog_wake_if_later_than(long long deadline_ns) noexcept nogil:
+    # Signal safe: the arming side of the protocol above.
+    tb_bump(&watchdog.wake_word)
+    if deadline_ns < tb_load_ll(&watchdog.next_wake_ns):
+        tb_futex_wake(&watchdog.wake_word)
+
+
+cdef void notify_python(unsigned long ident, long long stuck_ns, int kind, int mailbox) noexcept nogil:
+    """GIL-free: one record of 32 bytes (< PIPE_BUF, so written whole or not at all)
+    to the Python side (tbfast/watchdog.py), which logs, or raises in the thread,
+    once Python can run.  `mailbox` is a dumper holding the dump for it, or -1."""
+    cdef unsigned long long record[4]
+    record[0] = ident
+    record[1] = <unsigned long long>stuck_ns
+    record[2] = <unsigned long long>kind
+    record[3] = <unsigned long long>(mailbox + 1)
+    if write(watchdog.notify_fd, <char *>record, sizeof(record)) != sizeof(record) and mailbox >= 0:
+        release_mailbox(mailbox)  # the Python side is not reading: keep the dumper free
+
+
+cdef void release_mailbox(int mailbox) noexcept nogil:
+    # Signal safe.
+    tb_unbump(&watchdog.mailboxes_held)
+    tb_release(&dumpers[mailbox].busy)
+
+
+cdef void dump_expired(ThreadSlot *slot, long long stuck_ns) noexcept nogil:
+    """GIL-free: every thread, the stuck one marked, to the fd destination; and the
+    same dump kept for the logger, in its buffer, while fewer than MAILBOXES wait."""
+    cdef DumpRequest request
+    cdef Dumper *d = dumper_acquire()
+    cdef int mailbox = -1
+    if d == NULL:
+        notify_python(slot.ident, stuck_ns, ACTION_LOG, -1)
+        return
+    request_init(&request, watchdog.interp, b"harakiri", 0, False)
+    request.stuck_ident = slot.ident
+    request.stuck_ns = stuck_ns
+    dumper_start(d, watchdog.dump_format)
+    dump(d, &request)
+    if watchdog.dump_fd >= 0:
+        write_all(watchdog.dump_fd, d.buf, d.length, SIGNAL_WRITE_MS)
+    if watchdog.notify_fd >= 0:
+        if tb_bump(&watchdog.mailboxes_held) <= MAILBOXES:
+            mailbox = d - dumpers
+        else:
+            tb_unbump(&watchdog.mailboxes_held)
+        notify_python(slot.ident, stuck_ns, ACTION_LOG, mailbox)
+    if mailbox < 0:
+        tb_release(&d.busy)
+
+
+cdef long long check_slot(ThreadSlot *slot, long long now) noexcept nogil:
+    """GIL-free: handles one thread's deadline; returns when it next needs a look."""
+    cdef unsigned int arm_seq = tb_load_uint(&slot.arm_seq)
+    cdef long long deadline = tb_load_ll(&slot.deadline_ns)
+    if tb_load_uint(&slot.arm_seq) != arm_seq:
+        return now + RETRY_NS  # armed again while we read: look at it once it settled
+    if deadline == 0:
+        return NEVER
+    if now < deadline:
+        return deadline
+    cdef long long stuck = now - slot.armed_ns
+    if slot.reported_seq != arm_seq:  # first sight of this expiry
+        slot.reported_seq = arm_seq
+        slot.action_done = False
+        slot.next_report_ns = now + watchdog.repeat_ns
+        slot.action_at_ns = now + watchdog.grace_ns
+        dump_expired(slot, stuck)
+    elif slot.action == ACTION_LOG and now >= slot.next_report_ns:
+        slot.next_report_ns = now + watchdog.repeat_ns
+        dump_expired(slot, stuck)
+    if slot.action != ACTION_LOG and not slot.action_done and now >= slot.action_at_ns:
+        slot.action_done = True
+        if slot.action == ACTION_ABORT:
+            kill(getpid(), SIGKILL)  # as uWSGI's harakiri: the server respawns the worker
+        if watchdog.notify_fd >= 0:
+            notify_python(slot.ident, stuck, ACTION_RAISE, -1)
+    if slot.action == ACTION_LOG:
+        return slot.next_report_ns
+    return NEVER if slot.action_done else slot.action_at_ns
+
+
+cdef long long check_later(long long now) noexcept nogil:
+    """GIL-free: the faulthandler-style process-wide timer."""
+    cdef long long deadline = tb_load_ll(&watchdog.later_deadline_ns)
+    cdef DumpRequest request
+    if deadline == 0:
+        return NEVER
+    if now < deadline:
+        return deadline
+    request_init(&request, watchdog.interp, b"timeout", 0, False)
+    dump_to_fd_nogil(watchdog.later_fd, &request, FORMAT_TEXT, SIGNAL_WRITE_MS)
+    if watchdog.later_exit:
+        _exit(1)
+    if watchdog.later_interval_ns:
+        tb_store_ll(&watchdog.later_deadline_ns, now + watchdog.later_interval_ns)
+        return now + watchdog.later_interval_ns
+    tb_store_ll(&watchdog.later_deadline_ns, 0)
+    return NEVER
+
+
+cdef void *watchdog_loop(void *unused) noexcept nogil:
+    """The watchdog thread: scan, publish the next wake-up, sleep until it or an arm."""
+    cdef sigset_t every_signal
+    cdef unsigned int seen
+    cdef long long now, nearest, due
+    cdef size_t i
+    sigfillset(&every_signal)
+    pthread_sigmask(SIG_BLOCK, &every_signal, NULL)  # signals are for Python's threads
+    while not watchdog.stopping:
+        seen = tb_load_uint(&watchdog.wake_word)
+        now = monotonic_ns()
+        nearest = check_later(now)
+        for i in range(SLOT_COUNT):
+            if thread_slots[i].ident > DELETED_IDENT:
+                due = check_slot(&thread_slots[i], now)
+                if due < nearest:
+                    nearest = due
+        tb_store_ll(&watchdog.next_wake_ns, nearest)
+        tb_futex_wait(&watchdog.wake_word, seen, -1 if nearest == NEVER else max(nearest - now, 0))
+    return NULL
+
+
+cdef extern from "<unistd.h>" nogil:
+    void _exit(int status)
+
+
+cdef int watchdog_start() except -1:
+    """Starts the watchdog thread once.  GIL held."""
+    if watchdog.running:
+        return 0
+    watchdog.interp = PyInterpreterState_Get()
+    watchdog.stopping = False
+    watchdog.next_wake_ns = NEVER
+    cdef int error = pthread_create(&watchdog.thread, NULL, watchdog_loop, NULL)
+    if error:
+        raise OSError(error, "tbfast: cannot start the watchdog thread")
+    watchdog.running = True
+    return 0
+
+
+cdef bint watchdog_stop() noexcept:
+    """Stops the watchdog thread.  GIL held (released to wait)."""
+    if not watchdog.running:
+        return False
+    watchdog.stopping = True
+    with nogil:
+        tb_bump(&watchdog.wake_word)
+        tb_futex_wake(&watchdog.wake_word)
+        pthread_join(watchdog.thread, NULL)
+    watchdog.running = False
+    return True

@@ -1,0 +1,156 @@
+"""The harakiri watchdog in pure Python, for when the C core is missing.
+
+Same interface as the core's (tbfast/watchdog.py drives both), but its thread
+needs the GIL, so it cannot see a thread stuck while holding it, and its dumps
+do not mark the stuck thread's heading.
+"""
+
+import functools
+import itertools
+import math
+import os
+import struct
+import threading
+import time
+
+_RECORD = struct.Struct("=4Q")
+ACTIONS = ("log", "raise", "abort")
+
+
+def _nanoseconds(seconds, what):
+    if not isinstance(seconds, (int, float)) or not seconds > 0 or math.isinf(seconds):
+        raise ValueError("%s must be a positive number of seconds, not %r" % (what, seconds))
+    return int(seconds * 1e9)
+
+
+class _State:
+    def __init__(self):
+        self.changed = threading.Condition()
+        self.deadlines = {}  # ident -> [deadline_ns, armed_ns, action, reported, next_report_ns]
+        self.dump_fd, self.format, self.notify_fd = -1, "text", -1
+        self.repeat_ns, self.grace_ns = 10 ** 10, 0
+        self.mailboxes = {}
+        self.mailbox_ids = itertools.count()
+        self.later = None  # (deadline_ns, interval_ns, fd, exit)
+        self.thread = None
+
+
+_state = _State()
+
+
+class HarakiriScope:
+    def __init__(self, seconds, action="log"):
+        self.timeout_ns = _nanoseconds(seconds, "timeout")
+        if action not in ACTIONS:
+            raise ValueError("unknown action %r: use one of log, raise, abort" % (action,))
+        self.seconds, self.action_name, self.outer, self.ident = seconds, action, None, None
+
+    def __enter__(self):
+        self.ident = threading.get_ident()
+        now = time.monotonic_ns()
+        with _state.changed:
+            self.outer = _state.deadlines.get(self.ident)
+            _state.deadlines[self.ident] = [now + self.timeout_ns, now, self.action_name, False, 0]
+            _state.changed.notify()
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.ident is None:
+            return False
+        with _state.changed:
+            if self.outer is None:
+                _state.deadlines.pop(self.ident, None)
+            else:
+                self.outer[3] = False  # armed again, reported anew
+                _state.deadlines[self.ident] = self.outer
+                _state.changed.notify()
+        return False
+
+    def __call__(self, function):
+        @functools.wraps(function)
+        def guarded(*args, **kwargs):
+            with HarakiriScope(self.seconds, self.action_name):
+                return function(*args, **kwargs)
+        return guarded
+
+
+def _notify(ident, stuck_ns, kind, dump):
+    if _state.notify_fd < 0:
+        return
+    mailbox = 0
+    if dump is not None:
+        mailbox = next(_state.mailbox_ids) + 1
+        _state.mailboxes[mailbox - 1] = dump
+    os.write(_state.notify_fd, _RECORD.pack(ident, stuck_ns, kind, mailbox))
+
+
+def _expire(ident, entry, now):
+    from . import _fallback
+    deadline, armed, action, reported, next_report = entry
+    stuck = now - armed
+    if not reported or (action == "log" and now >= next_report):
+        dump = _fallback.format_dump(True, _state.format, 0, "harakiri")
+        if _state.dump_fd >= 0:
+            _fallback.write_all(_state.dump_fd, dump)
+        _notify(ident, stuck, 0, dump)
+        entry[4] = now + _state.repeat_ns
+    if not reported and action != "log":
+        time.sleep(_state.grace_ns / 1e9)
+        if action == "abort":
+            os.kill(os.getpid(), 9)
+        _notify(ident, stuck, 1, None)
+    entry[3] = True
+    return entry[4] if action == "log" else None
+
+
+def _run():
+    from . import _fallback
+    while True:
+        with _state.changed:
+            now = time.monotonic_ns()
+            nearest = None
+            for ident, entry in list(_state.deadlines.items()):
+                due = entry[0] if now < entry[0] else _expire(ident, entry, now)
+                nearest = due if nearest is None or (due is not None and due < nearest) else nearest
+            if _state.later is not None:
+                deadline, interval, fd, exit_after = _state.later
+                if now >= deadline:
+                    _fallback.write_all(fd, _fallback.format_dump(True, "text", 0, "timeout"))
+                    if exit_after:
+                        os._exit(1)
+                    _state.later = (now + interval, interval, fd, False) if interval else None
+                if _state.later is not None:
+                    nearest = _state.later[0] if nearest is None else min(nearest, _state.later[0])
+            timeout = None if nearest is None else max(0, nearest - time.monotonic_ns()) / 1e9
+            _state.changed.wait(timeout)
+
+
+def watchdog_configure(dump_fd, fmt, notify_fd, repeat, grace):
+    with _state.changed:
+        _state.dump_fd, _state.format, _state.notify_fd = dump_fd, fmt, notify_fd
+        _state.repeat_ns = _nanoseconds(repeat, "repeat")
+        _state.grace_ns = 0 if grace == 0 else _nanoseconds(grace, "grace")
+        if _state.thread is None:
+            _state.thread = threading.Thread(target=_run, name="tbfast-watchdog", daemon=True)
+            _state.thread.start()
+
+
+def take_mailbox(mailbox):
+    return _state.mailboxes.pop(mailbox)
+
+
+def raise_in_thread(ident, exception):
+    import ctypes
+    return ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exception))
+
+
+def dump_later(timeout, repeat, fd, exit):
+    interval = _nanoseconds(timeout, "timeout")
+    with _state.changed:
+        _state.later = (time.monotonic_ns() + interval, interval if repeat else 0, fd, exit)
+        _state.changed.notify()
+
+
+def cancel_dump_later():
+    with _state.changed:
+        _state.later = None
