@@ -1,0 +1,64 @@
+"""WSGI middleware: a harakiri deadline and a context line per request.
+
+    app = tbfast.wsgi.HarakiriMiddleware(app, timeout=30, action="log")
+
+Every dump taken while a request runs shows its thread's context,
+"GET /path?query id=<X-Request-Id>", and a request still running `timeout`
+seconds after it started is dumped by the watchdog (tbfast.watchdog).  The
+deadline covers the response's iteration too, until the server calls close().
+"""
+
+import tbfast
+
+
+def request_context(environ):
+    """"METHOD /path?query", with " id=…" when the request carries X-Request-Id."""
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    query = environ.get("QUERY_STRING")
+    context = "%s %s%s" % (environ.get("REQUEST_METHOD", "?"), path or "/",
+                           "?" + query if query else "")
+    request_id = environ.get("HTTP_X_REQUEST_ID")
+    return context + (" id=" + request_id if request_id else "")
+
+
+class HarakiriMiddleware:
+    def __init__(self, app, timeout, action="log"):
+        tbfast.harakiri(timeout, action)  # a bad timeout or action fails here, not per request
+        self.app, self.timeout, self.action = app, timeout, action
+
+    def __call__(self, environ, start_response):
+        tbfast.set_context(request_context(environ))
+        scope = tbfast.harakiri(self.timeout, self.action)
+        scope.__enter__()
+        try:
+            result = self.app(environ, start_response)
+        except BaseException:
+            _end_request(scope)
+            raise
+        return _GuardedResponse(result, scope)
+
+
+def _end_request(scope):
+    scope.__exit__(None, None, None)
+    tbfast.set_context(None)
+
+
+class _GuardedResponse:
+    """The app's response, under the request's deadline until close()."""
+
+    def __init__(self, result, scope):
+        self.result, self.scope, self.closed = result, scope, False
+
+    def __iter__(self):
+        return iter(self.result)
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            _end_request(self.scope)

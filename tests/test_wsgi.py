@@ -1,0 +1,90 @@
+"""WSGI middleware under a real Werkzeug server on 127.0.0.1."""
+
+import http.client
+import json
+import logging
+import threading
+import time
+
+import pytest
+
+import tbfast
+from tbfast import watchdog
+from tbfast.wsgi import HarakiriMiddleware
+
+serving = pytest.importorskip("werkzeug.serving")
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        time.sleep(0.6)
+    if environ["PATH_INFO"] == "/dump":
+        body = tbfast.format_traceback(format="json").encode()
+    else:
+        body = b"ok"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+
+
+@pytest.fixture
+def server():
+    records = Records()
+    logging.getLogger("tbfast").addHandler(records)
+    watchdog.configure(file=False, repeat=10.0)
+    httpd = serving.make_server("127.0.0.1", 0, HarakiriMiddleware(app, timeout=0.3),
+                                threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_port, records
+    httpd.shutdown()
+    thread.join(10)
+    logging.getLogger("tbfast").removeHandler(records)
+
+
+def get(port, path, headers=None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", path, headers=headers or {})
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def test_slow_request_is_logged_with_its_context_others_are_not(server):
+    port, records = server
+    slow = threading.Thread(target=get, args=(port, "/slow?x=1", {"X-Request-Id": "abc"}))
+    slow.start()
+    time.sleep(0.1)
+    statuses = [get(port, "/fast")[0] for _ in range(20)]
+    status, body = get(port, "/dump")
+    slow.join(10)
+    time.sleep(0.3)
+    assert statuses == [200] * 20 and status == 200
+    contexts = {thread["context"] for thread in json.loads(body)["threads"]}
+    assert {"GET /slow?x=1 id=abc", "GET /dump"} <= contexts
+    assert len(records.records) == 1
+    message = records.records[0].getMessage()
+    assert "Context: GET /slow?x=1 id=abc" in message and "stuck for" in message
+    assert "in app" in message
+
+
+def test_deadline_and_context_end_with_the_request(server):
+    port, records = server
+    assert get(port, "/fast") == (200, b"ok")
+    time.sleep(0.5)  # longer than the timeout: a deadline left armed would fire now
+    assert records.records == []
+    status, body = get(port, "/dump")
+    contexts = [thread["context"] for thread in json.loads(body)["threads"]]
+    assert contexts.count("GET /dump") == 1 and contexts.count("GET /fast") == 0
+
+
+def test_bad_timeout_fails_at_setup():
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        HarakiriMiddleware(app, timeout=0)
