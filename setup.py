@@ -19,16 +19,20 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as error:  # noqa: BLE001 - any build failure means fallback
-            self._fall_back(error)
+            self._fall_back(error, self.extensions)
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as error:  # noqa: BLE001
-            self._fall_back(error)
+            self._fall_back(error, [ext])
 
-    @staticmethod
-    def _fall_back(error):
+    def _fall_back(self, error, failed):
+        # A core left in build/ by an earlier build must not ship in place of the fallback.
+        for ext in failed:
+            stale = self.get_ext_fullpath(ext.name)
+            if os.path.exists(stale):
+                os.remove(stale)
         sys.stderr.write(
             "\n*** tbfast: building the C core failed (%s);\n"
             "*** installing the pure-Python fallback, which needs the GIL to dump.\n\n" % error)
