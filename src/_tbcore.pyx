@@ -16,6 +16,8 @@ include "_watchdog.pxi"
 
 import functools
 
+cimport cython
+from libc.math cimport isinf
 from tbfast import _limits
 
 filename_limit = _limits.FILENAME_LIMIT
@@ -170,14 +172,18 @@ ACTIONS = {"log": ACTION_LOG, "raise": ACTION_RAISE, "abort": ACTION_ABORT}
 
 
 cdef long long seconds_to_ns(double seconds, str what) except -1:
-    if not (seconds > 0) or seconds == float("inf"):  # NaN fails the first test
+    if not (seconds > 0) or isinf(seconds):  # NaN fails the first test
         raise ValueError("%s must be a positive number of seconds, not %r" % (what, seconds))
     return <long long>(seconds * 1e9)
 
 
+@cython.freelist(16)
 cdef class HarakiriScope:
-    """Arms this thread's deadline on entry, puts back the outer one on exit.
-    One scope object is entered by one thread at a time."""
+    """A deadline for this thread: a context manager, or a decorator.
+
+    Arms the deadline on entry (no syscall, no allocation), puts back the outer
+    scope's on exit.  seconds must be positive and finite; action is "log",
+    "raise" or "abort".  One scope object is entered by one thread at a time."""
     cdef long long timeout_ns, outer_deadline, outer_armed
     cdef int action, outer_action
     cdef unsigned long ident
@@ -203,6 +209,9 @@ cdef class HarakiriScope:
         return guarded
 
     def __enter__(self):
+        if not watchdog.running:
+            from tbfast.watchdog import ensure_configured
+            ensure_configured()
         self.ident = PyThread_get_thread_ident()
         cdef ThreadSlot *slot = slot_claim(self.ident)
         if slot == NULL:
@@ -218,7 +227,7 @@ cdef class HarakiriScope:
         watchdog_wake_if_later_than(deadline)
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type, exc_value, traceback):
         cdef ThreadSlot *slot = slot_find(self.ident)
         if slot != NULL:
             tb_store_ll(&slot.deadline_ns, 0)

@@ -46,6 +46,9 @@ class HarakiriScope:
         self.seconds, self.action_name, self.outer, self.ident = seconds, action, None, None
 
     def __enter__(self):
+        if _state.thread is None:
+            from .watchdog import ensure_configured
+            ensure_configured()
         self.ident = threading.get_ident()
         now = time.monotonic_ns()
         with _state.changed:

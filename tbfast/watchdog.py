@@ -20,6 +20,8 @@ import struct
 import sys
 import threading
 
+import tbfast
+
 logger = logging.getLogger("tbfast")
 
 _RECORD = struct.Struct("=4Q")  # ident, nanoseconds stuck, kind (0 log, 1 raise), mailbox + 1
@@ -31,7 +33,6 @@ class HarakiriError(Exception):
 
 
 def _impl():
-    import tbfast
     return tbfast._impl
 
 
@@ -44,7 +45,6 @@ class _Watchdog:
         self.later_file = None
 
     def configure(self, file, format, log, repeat, grace):
-        import tbfast
         tbfast._check_format(format)
         for name, value, positive in (("repeat", repeat, True), ("grace", grace, False)):
             if not isinstance(value, (int, float)) or math.isnan(value) or value < 0 or (
@@ -85,21 +85,19 @@ def configure(*, file=None, format="text", log=True, repeat=10.0, grace=0.0):
     _watchdog.configure(file, format, log, repeat, grace)
 
 
-def harakiri(seconds, action="log"):
-    """A deadline for this thread: a context manager, or a decorator.
-
-    seconds must be positive and finite (ValueError otherwise); action is
-    "log", "raise" or "abort".  Arming costs no syscall and no allocation in C.
-    """
+def ensure_configured():
+    """The defaults, on the first arm without configure(): stderr, and the logger."""
     _watchdog.ensure_configured()
-    return _impl().HarakiriScope(seconds, action)
+
+
+# The scope class itself, so entering one is a single C call.
+harakiri = tbfast._impl.HarakiriScope
 
 
 def dump_traceback_later(timeout, repeat=False, file=None, exit=False):
     """faulthandler.dump_traceback_later, served by the same native watchdog:
     dump every thread after `timeout` seconds (again every `timeout` with repeat),
     then exit(1) with exit=True.  A new call replaces the previous timer."""
-    import tbfast
     _watchdog.ensure_configured()
     _watchdog.later_file = file
     _impl().dump_later(float(timeout), bool(repeat), tbfast._fileno(file), bool(exit))
