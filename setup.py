@@ -52,10 +52,14 @@ def extensions():
     if sanitize:
         flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=" + sanitize]
         link = ["-fsanitize=" + sanitize]
+    # TBFAST_DISABLE_GUARD=1 builds without the fault guard, only to show that the
+    # robustness tests catch its absence (README, "Robustness").
+    macros = [("TBFAST_DISABLE_GUARD", "1")] if os.environ.get("TBFAST_DISABLE_GUARD") else []
     core = Extension(
         "tbfast._tbcore",
         sources=["src/_tbcore.pyx"],
         include_dirs=["src"],
+        define_macros=macros,
         extra_compile_args=flags,
         extra_link_args=link,
     )

@@ -6,7 +6,8 @@ from libc.string cimport memcpy, memmove, memchr, memcmp, memset, strlen
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from libc.errno cimport errno, EINTR, EAGAIN
 from posix.unistd cimport write
-from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED
+from posix.mman cimport (mmap, munmap, PROT_NONE, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS,
+                         MAP_FAILED)
 
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
@@ -59,6 +60,13 @@ cdef struct Dumper:
     long dropped_frames
     long dropped_threads
     Py_ssize_t mapped_size
+    # the thread being dumped, for the fault guard (_guard.pxi)
+    Py_ssize_t recorded          # frames in d.frames
+    long visible                 # frames the thread shows, recorded or not
+    bint walk_faulted
+    Py_ssize_t thread_mark       # d.length when the thread began
+    Py_ssize_t frame_mark        # d.length when the frame being written began; -1 before
+    Py_ssize_t frame_index
 
 cdef Dumper dumpers[DUMPER_COUNT]
 

@@ -183,11 +183,13 @@ cdef FrameCacheEntry *frame_entry(Dumper *d, PyCodeObject *code, int lasti) noex
     Deep recursion and threads parked in the same place cost one lookup each."""
     cdef size_t key = ((<size_t>code >> 4) ^ (<size_t>lasti * 0x9E3779B1UL)) & (FRAME_CACHE_SIZE - 1)
     cdef FrameCacheEntry *entry = &d.cache[key]
+    cdef int line
     if entry.generation != d.generation or entry.code != code or entry.lasti != lasti:
+        line = PyCode_Addr2Line(code, lasti)  # first: a fault here leaves the entry as it was
         entry.generation = d.generation
         entry.code = code
         entry.lasti = lasti
-        entry.line = PyCode_Addr2Line(code, lasti)
+        entry.line = line
         entry.chunk_length = -1
     return entry
 
@@ -212,13 +214,15 @@ cdef extern from "Python.h" nogil:
 
 # ---------------------------------------------------------------- one thread
 
-cdef Py_ssize_t record_frames(Dumper *d, PyThreadState *tstate, int skip, long *total) noexcept nogil:
-    """Signal safe: the visible frames of a thread, innermost first, into d.frames.
-    `total` gets how many there are, recorded or not."""
+cdef void record_frames(Dumper *d, PyThreadState *tstate, int skip) noexcept nogil:
+    """Signal safe: the visible frames of a thread, innermost first, into d.frames;
+    d.recorded and d.visible count them as they go, so a walk cut short by a fault
+    keeps what it read."""
     cdef tb_frame *frame = tb_top_frame(tstate)
     cdef PyCodeObject *code
-    cdef Py_ssize_t count = 0
-    cdef long walked = 0, visible = 0
+    cdef long walked = 0
+    d.recorded = 0
+    d.visible = 0
     while frame != NULL and walked < MAX_FRAMES_WALKED:
         walked += 1
         code = tb_frame_code(frame)
@@ -226,14 +230,12 @@ cdef Py_ssize_t record_frames(Dumper *d, PyThreadState *tstate, int skip, long *
             if skip > 0:
                 skip -= 1
             else:
-                visible += 1
-                if count < MAX_RECORDED_FRAMES:
-                    d.frames[count].code = code
-                    d.frames[count].lasti = tb_frame_lasti_bytes(frame, code)
-                    count += 1
+                if d.recorded < MAX_RECORDED_FRAMES:
+                    d.frames[d.recorded].code = code
+                    d.frames[d.recorded].lasti = tb_frame_lasti_bytes(frame, code)
+                    d.recorded += 1
+                d.visible += 1
         frame = tb_previous_frame(frame)
-    total[0] = visible
-    return count
 
 
 cdef bint has_visible_frame(PyThreadState *tstate) noexcept nogil:
@@ -340,13 +342,38 @@ cdef void emit_thread_json(Dumper *d, PyThreadState *tstate, bint current, bint 
     emit_str(d, b',"frames":[')
 
 
+cdef void emit_unreadable(Dumper *d, PyThreadState *tstate, Py_ssize_t index) noexcept nogil:
+    # Signal safe: the place of a frame that could not be read, as a frame line.
+    if d.format == FORMAT_TEXT:
+        emit_str(d, b"  <unreadable frame>\n")
+    elif d.format == FORMAT_UWSGI:
+        emit_str(d, b"thread_id = ")
+        emit_thread_name(d, tstate, False)
+        emit_str(d, b" filename = <unreadable frame> lineno = 0 function = ? line = \n")
+    else:
+        if index:
+            emit_str(d, b",")
+        emit_str(d, b'{"file":"<unreadable frame>","line":0,"function":null,"source":null}')
+
+
+cdef long emit_unreadable_frame(Dumper *d, PyThreadState *tstate, Py_ssize_t index) noexcept nogil:
+    # Signal safe: emit_unreadable, all or nothing; 1 if it is in the buffer.
+    cdef Py_ssize_t mark = d.length
+    emit_unreadable(d, tstate, index)
+    if d.full:
+        d.length = mark
+        return 0
+    return 1
+
+
 cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bint first,
                       PyThreadState *holder) noexcept nogil:
-    """Signal safe: one thread, in the dump's format.  When the buffer fills, what
-    did not fit is rolled back and counted for the truncation marker."""
+    """Signal safe: one thread, from the frames record_frames left in d, in the dump's
+    format.  When the buffer fills, what did not fit is rolled back and counted for
+    the truncation marker.  A walk that faulted ends with `<unreadable frame>`."""
     cdef bint current = request.current_ident != 0 and tb_thread_ident(tstate) == request.current_ident
-    cdef long total
-    cdef Py_ssize_t recorded = record_frames(d, tstate, request.skip if current else 0, &total)
+    cdef long total = d.visible
+    cdef Py_ssize_t recorded = d.recorded
     cdef Py_ssize_t i, mark = d.length, shown = 0
     cdef FrameCacheEntry *entry
     cdef FrameCacheEntry *previous = NULL
@@ -367,11 +394,15 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bi
         d.dropped_threads += 1
         d.dropped_frames += total
         return
+    if d.walk_faulted and d.format == FORMAT_UWSGI:  # uWSGI's order: the outermost first
+        shown += emit_unreadable_frame(d, tstate, 0)
     for i in range(recorded):
         # uWSGI prints the oldest frame first; the others the innermost first.
         entry = frame_entry(d, d.frames[recorded - 1 - i if d.format == FORMAT_UWSGI else i].code,
                             d.frames[recorded - 1 - i if d.format == FORMAT_UWSGI else i].lasti)
         mark = d.length
+        d.frame_mark = mark
+        d.frame_index = i
         represented = 1  # frames this step puts in the output
         if d.format == FORMAT_TEXT:
             represented = 0
@@ -404,6 +435,8 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bi
             d.length = mark
         else:
             shown += count - recursive_cutoff
+    if d.walk_faulted and d.format != FORMAT_UWSGI and shown == total - 1:
+        shown += emit_unreadable_frame(d, tstate, recorded)  # after every frame read
     if shown < total:
         d.dropped_threads += 1
         d.dropped_frames += total - shown
@@ -454,11 +487,12 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
     cdef PyThreadState *holder = tb_gil_holder(request.interp)
     cdef long threads = 0, walked = 0
     cdef bint first = True
+    tb_fault_guard_ensure()
     # The main thread goes first, so a full buffer never drops it.
     tstate = tb_first_thread(request.interp)
     while tstate != NULL and walked < MAX_THREADS_WALKED:
         if request.all_threads or tb_thread_ident(tstate) == request.current_ident:
-            if has_visible_frame(tstate):
+            if guarded_visible(d, tstate):
                 threads += 1
                 if tb_thread_ident(tstate) == main_thread_ident:
                     main = tstate
@@ -485,15 +519,13 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
         emit_str(d, request.trigger)
         emit_str(d, b'","mode":"gil","threads":[' if request.gil_held else b'","mode":"gil-free","threads":[')
     if main != NULL:
-        dump_thread(d, main, request, True, holder)
-        first = False
+        first = not guarded_dump_thread(d, main, request, True, holder)
     tstate = tb_first_thread(request.interp)
     walked = 0
     while tstate != NULL and walked < MAX_THREADS_WALKED:
         if tstate != main and (request.all_threads or
                                tb_thread_ident(tstate) == request.current_ident):
-            if has_visible_frame(tstate):
-                dump_thread(d, tstate, request, first, holder)
+            if guarded_visible(d, tstate) and guarded_dump_thread(d, tstate, request, first, holder):
                 first = False
         tstate = tb_next_thread(tstate)
         walked += 1

@@ -18,7 +18,8 @@ cdef extern from "Python.h" nogil:
     unsigned int PyUnicode_READ(int kind, void *data, Py_ssize_t index)
 
 cdef extern from "tbcore_python.h" nogil:
-    ctypedef struct tb_frame
+    ctypedef struct tb_frame:
+        tb_frame *previous  # only the test hook of _guard.pxi writes it
     PyThreadState *tb_first_thread(PyInterpreterState *interp)
     PyThreadState *tb_next_thread(PyThreadState *tstate)
     unsigned long tb_thread_ident(PyThreadState *tstate)
