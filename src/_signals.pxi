@@ -58,7 +58,7 @@ cdef int signal_install(int signum, int fd, bint all_threads, bint chain, int fo
     cdef sigaction_t action
     global signal_interp
     signal_interp = PyInterpreterState_Get()
-    if len(trigger) >= sizeof(slot.trigger):
+    if len(trigger) >= <Py_ssize_t>sizeof(slot.trigger):
         raise ValueError("signal name too long")
     memcpy(slot.trigger, <const char *>trigger, len(trigger))
     slot.trigger[len(trigger)] = 0

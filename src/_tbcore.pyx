@@ -124,7 +124,7 @@ def record_thread(unsigned long ident, str name):
 def sweep_threads(live):
     """Frees the slots of threads whose idents are not in `live`."""
     live = set(live)
-    cdef size_t i
+    cdef int i
     for i in range(SLOT_COUNT):
         if thread_slots[i].ident > DELETED_IDENT and thread_slots[i].ident not in live:
             slot_delete(&thread_slots[i])

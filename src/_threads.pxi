@@ -41,7 +41,8 @@ cdef inline size_t slot_hash(unsigned long ident) noexcept nogil:
 
 cdef ThreadSlot *slot_find(unsigned long ident) noexcept nogil:
     # Signal safe: the slot of a thread, or NULL.
-    cdef size_t i = slot_hash(ident), probes
+    cdef size_t i = slot_hash(ident)
+    cdef int probes
     cdef ThreadSlot *slot
     for probes in range(SLOT_COUNT):
         slot = &thread_slots[i]

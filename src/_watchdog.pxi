@@ -200,7 +200,7 @@ cdef void *watchdog_loop(void *unused) noexcept nogil:
     cdef sigset_t every_signal
     cdef unsigned int seen
     cdef long long now, nearest, due
-    cdef size_t i
+    cdef int i
     sigfillset(&every_signal)
     pthread_sigmask(SIG_BLOCK, &every_signal, NULL)  # signals are for Python's threads
     while not watchdog.stopping:
