@@ -109,7 +109,7 @@ def register(signum, file=None, all_threads=True, chain=False, *, format="text")
     _check_format(format)
     signum = _valid_signal(signum)
     fd = _fileno(file)
-    _impl.register(signum, fd, all_threads, chain, format, _signal.Signals(signum).name)
+    _impl.register(signum, fd, all_threads, chain, format, _signal_name(signum))
     _registered_files[signum] = file  # keeps the file, so its fd stays open
 
 
@@ -118,6 +118,14 @@ def unregister(signum):
     signum = _valid_signal(signum)
     _registered_files.pop(signum, None)
     return _impl.unregister(signum)
+
+
+def _signal_name(signum):
+    """SIGUSR1, or SIGRTMIN+3 for the real-time signals, which Signals does not name."""
+    try:
+        return _signal.Signals(signum).name
+    except ValueError:
+        return "SIGRTMIN+%d" % (signum - _signal.SIGRTMIN)
 
 
 def _valid_signal(signum):

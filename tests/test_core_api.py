@@ -115,3 +115,16 @@ def test_buffer_size_from_environment():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env,
                             timeout=30, check=True)
     assert result.stdout == b"65536\n"
+
+
+def test_real_time_signals_are_named(tmp_path):
+    signum = signal.SIGRTMIN + 3
+    with open(tmp_path / "dump", "wb") as sink:
+        tbfast.register(signum, sink)
+        try:
+            signal.raise_signal(signum)
+            if not tbfast.HAS_CORE:
+                __import__("time").sleep(0.01)  # the fallback's Python handler runs between bytecodes
+        finally:
+            tbfast.unregister(signum)
+    assert b"trigger=signal:SIGRTMIN+3 " in (tmp_path / "dump").read_bytes()
