@@ -28,7 +28,10 @@ cdef enum:
     PATH_BYTES = 4096
     STRING_BYTES = 4096          # one bounded string, before JSON escaping
     MAX_RECORDED_FRAMES = 65536  # frames of one thread kept for formatting
+    SOURCE_CACHE_SIZE = 1024     # source lines kept across dumps; power of two
+    SOURCE_ARENA_SIZE = 256 * 1024
     TAIL_RESERVE = 512           # kept free for the truncation marker and JSON's closing
+    HEADER_RESERVE = 256         # the header goes in front of the body once it is known
 
 cdef struct FrameCacheEntry:
     unsigned int generation
@@ -37,6 +40,17 @@ cdef struct FrameCacheEntry:
     int line
     Py_ssize_t chunk_offset
     Py_ssize_t chunk_length      # -1 until formatted
+
+cdef struct SourceEntry:
+    unsigned long long key       # of the file's path and the line; 0 when empty
+    int line
+    long long mtime_ns           # the file as it was read: a stat that differs reads it again
+    long long size
+    Py_ssize_t path_offset       # in the dumper's source arena
+    Py_ssize_t path_length
+    Py_ssize_t text_offset
+    Py_ssize_t text_length       # -1: the file has no such line
+
 
 cdef struct RecordedFrame:
     PyCodeObject *code
@@ -48,12 +62,17 @@ cdef struct Dumper:
     bint full
     char *buf
     Py_ssize_t capacity          # usable bytes, TAIL_RESERVE excluded
+    Py_ssize_t start             # the dump is buf[start:length]
     Py_ssize_t length
+    long threads_written         # in this dump, for JSON's commas
     unsigned int generation      # bumps per dump, so the frame cache never needs clearing
     FrameCacheEntry *cache
     char *arena
     Py_ssize_t arena_length
     char *scratch
+    SourceEntry *sources
+    char *source_arena
+    Py_ssize_t source_arena_length
     RecordedFrame *frames
     char *path
     char *string
@@ -73,7 +92,8 @@ cdef Dumper dumpers[DUMPER_COUNT]
 
 cdef Py_ssize_t dumper_size(Py_ssize_t buffer_size) noexcept nogil:
     return (buffer_size + TAIL_RESERVE + FRAME_CACHE_SIZE * sizeof(FrameCacheEntry) + ARENA_SIZE
-            + SCRATCH_SIZE + MAX_RECORDED_FRAMES * sizeof(RecordedFrame) + PATH_BYTES + STRING_BYTES)
+            + SCRATCH_SIZE + SOURCE_CACHE_SIZE * sizeof(SourceEntry) + SOURCE_ARENA_SIZE
+            + MAX_RECORDED_FRAMES * sizeof(RecordedFrame) + PATH_BYTES + STRING_BYTES)
 
 
 cdef int dumper_allocate(Dumper *d, Py_ssize_t buffer_size) noexcept nogil:
@@ -93,6 +113,11 @@ cdef int dumper_allocate(Dumper *d, Py_ssize_t buffer_size) noexcept nogil:
     memory += ARENA_SIZE
     d.scratch = memory
     memory += SCRATCH_SIZE
+    d.sources = <SourceEntry *>memory  # zero pages: every entry empty
+    memory += SOURCE_CACHE_SIZE * sizeof(SourceEntry)
+    d.source_arena = memory
+    d.source_arena_length = 0
+    memory += SOURCE_ARENA_SIZE
     d.frames = <RecordedFrame *>memory
     memory += MAX_RECORDED_FRAMES * sizeof(RecordedFrame)
     d.path = memory
@@ -120,7 +145,9 @@ cdef void dumper_start(Dumper *d, int format) noexcept nogil:
     # Signal safe: resets counters only.
     d.format = format
     d.full = False
-    d.length = 0
+    d.start = HEADER_RESERVE
+    d.length = HEADER_RESERVE
+    d.threads_written = 0
     d.arena_length = 0
     d.dropped_frames = 0
     d.dropped_threads = 0
@@ -128,6 +155,11 @@ cdef void dumper_start(Dumper *d, int format) noexcept nogil:
     if d.generation == 0:  # entries of generation 0 are the never-used ones
         memset(d.cache, 0, FRAME_CACHE_SIZE * sizeof(FrameCacheEntry))
         d.generation = 1
+
+
+cdef int write_dump(Dumper *d, int fd, int timeout_ms) noexcept nogil:
+    # Signal safe: the finished dump to fd, in one write when the fd takes it all.
+    return write_all(fd, d.buf + d.start, d.length - d.start, timeout_ms)
 
 
 cdef inline void emit(Dumper *d, const char *data, Py_ssize_t n) noexcept nogil:

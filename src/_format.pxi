@@ -5,6 +5,7 @@
 
 from posix.fcntl cimport open as os_open, O_RDONLY, O_CLOEXEC
 from posix.unistd cimport read, close, getpid
+from posix.stat cimport stat, struct_stat as stat_t
 from posix.time cimport CLOCK_REALTIME
 
 cdef enum:
@@ -51,11 +52,57 @@ cdef bint is_space(char c) noexcept nogil:
 
 cdef Py_ssize_t read_source_line(Dumper *d, PyObject *filename, int lineno, char *out) noexcept nogil:
     """Signal safe: line `lineno` of a file, stripped and bounded as linecache's would be
-    by _fallback; -1 when there is none."""
-    if lineno < 1 or encode_path(filename, d.path, PATH_BYTES) <= 0:
+    by _fallback; -1 when there is none.  Lines are kept across dumps, each checked
+    with stat() against the file's mtime and size, as traceback's checkcache does."""
+    cdef Py_ssize_t path_length = encode_path(filename, d.path, PATH_BYTES)
+    cdef stat_t status
+    if lineno < 1 or path_length <= 0:
         return -1
     if d.path[0] == b'<':  # "<string>", "<frozen ...>": linecache has no file either
         return -1
+    if stat(d.path, &status) != 0:
+        return -1
+    cdef unsigned long long key = source_key(d.path, path_length, lineno)
+    cdef SourceEntry *entry = &d.sources[key & (SOURCE_CACHE_SIZE - 1)]
+    cdef long long mtime_ns = status.st_mtim.tv_sec * 1000000000LL + status.st_mtim.tv_nsec
+    if (entry.key == key and entry.line == lineno and entry.path_length == path_length
+            and entry.mtime_ns == mtime_ns and entry.size == status.st_size
+            and memcmp(d.source_arena + entry.path_offset, d.path, path_length) == 0):
+        if entry.text_length > 0:
+            memcpy(out, d.source_arena + entry.text_offset, entry.text_length)
+        return entry.text_length
+    cdef Py_ssize_t length = read_file_line(d, lineno, out)
+    if d.source_arena_length + path_length + max(length, 0) > SOURCE_ARENA_SIZE:
+        memset(d.sources, 0, SOURCE_CACHE_SIZE * sizeof(SourceEntry))  # full: start over
+        d.source_arena_length = 0
+    entry.key = key
+    entry.line = lineno
+    entry.mtime_ns = mtime_ns
+    entry.size = status.st_size
+    entry.path_offset = d.source_arena_length
+    entry.path_length = path_length
+    memcpy(d.source_arena + d.source_arena_length, d.path, path_length)
+    d.source_arena_length += path_length
+    entry.text_offset = d.source_arena_length
+    entry.text_length = length
+    if length > 0:
+        memcpy(d.source_arena + d.source_arena_length, out, length)
+        d.source_arena_length += length
+    return length
+
+
+cdef unsigned long long source_key(const char *path, Py_ssize_t length, int line) noexcept nogil:
+    # Signal safe: FNV-1a of the path, mixed with the line; never 0 (empty).
+    cdef unsigned long long key = 0xcbf29ce484222325ULL
+    cdef Py_ssize_t i
+    for i in range(length):
+        key = (key ^ <unsigned char>path[i]) * 0x100000001b3ULL
+    return (key ^ (<unsigned long long>line * 0x9E3779B97F4A7C15ULL)) | 1
+
+
+cdef Py_ssize_t read_file_line(Dumper *d, int lineno, char *out) noexcept nogil:
+    """Signal safe: line `lineno` of the file at d.path, read with open()/read(),
+    stripped and bounded; -1 when there is none."""
     cdef int fd = os_open(d.path, O_RDONLY | O_CLOEXEC)
     if fd < 0:
         return -1
@@ -238,18 +285,6 @@ cdef void record_frames(Dumper *d, PyThreadState *tstate, int skip) noexcept nog
         frame = tb_previous_frame(frame)
 
 
-cdef bint has_visible_frame(PyThreadState *tstate) noexcept nogil:
-    # Signal safe.
-    cdef tb_frame *frame = tb_top_frame(tstate)
-    cdef long walked = 0
-    while frame != NULL and walked < MAX_FRAMES_WALKED:
-        if not tb_frame_is_hidden(frame, tb_frame_code(frame)):
-            return True
-        frame = tb_previous_frame(frame)
-        walked += 1
-    return False
-
-
 cdef bint same_place(FrameCacheEntry *a, FrameCacheEntry *b) noexcept nogil:
     # Signal safe: what traceback compares (file, line, name), by object identity first.
     return b != NULL and a.line == b.line and (a.code == b.code or (
@@ -366,7 +401,7 @@ cdef long emit_unreadable_frame(Dumper *d, PyThreadState *tstate, Py_ssize_t ind
     return 1
 
 
-cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bint first,
+cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
                       PyThreadState *holder) noexcept nogil:
     """Signal safe: one thread, from the frames record_frames left in d, in the dump's
     format.  When the buffer fills, what did not fit is rolled back and counted for
@@ -384,7 +419,7 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bi
         d.dropped_frames += total
         return
     if d.format == FORMAT_JSON:
-        if not first:
+        if d.threads_written:
             emit_str(d, b",")
         emit_thread_json(d, tstate, current, tstate == holder, stuck_ns)
     elif d.format == FORMAT_TEXT:
@@ -440,6 +475,7 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bi
     if shown < total:
         d.dropped_threads += 1
         d.dropped_frames += total - shown
+    d.threads_written += 1
     if d.format == FORMAT_JSON:
         emit_tail_str(d, b"]}")  # closed even when full: the reserve holds it
     else:
@@ -448,10 +484,8 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bi
 
 # ---------------------------------------------------------------- the dump
 
-cdef void emit_timestamp(Dumper *d) noexcept nogil:
-    """Signal safe: the UTC time as 2026-11-21T23:59:01.123456Z, without gmtime()."""
-    cdef timespec now
-    clock_gettime(CLOCK_REALTIME, &now)
+cdef void emit_timestamp(Dumper *d, timespec now) noexcept nogil:
+    """Signal safe: a UTC time as 2026-11-21T23:59:01.123456Z, without gmtime()."""
     cdef long long days = now.tv_sec // 86400, seconds = now.tv_sec % 86400
     # Howard Hinnant's civil_from_days.
     cdef long long z = days + 719468
@@ -481,55 +515,73 @@ cdef void emit_timestamp(Dumper *d) noexcept nogil:
 
 
 cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
-    """Signal safe: the whole dump into d.buf (d.length bytes)."""
+    """Signal safe: the whole dump into d.buf[d.start:d.length], in one walk: each
+    thread's frames are read once, and the header, which counts the threads, is
+    written last into the room kept in front of the body."""
     cdef PyThreadState *tstate
     cdef PyThreadState *main = NULL
     cdef PyThreadState *holder = tb_gil_holder(request.interp)
     cdef long threads = 0, walked = 0
-    cdef bint first = True
+    cdef timespec started
+    clock_gettime(CLOCK_REALTIME, &started)
     tb_fault_guard_ensure()
-    # The main thread goes first, so a full buffer never drops it.
+    # The main thread goes first, so a full buffer never drops it; finding it
+    # reads only each thread state's ident.
     tstate = tb_first_thread(request.interp)
     while tstate != NULL and walked < MAX_THREADS_WALKED:
-        if request.all_threads or tb_thread_ident(tstate) == request.current_ident:
-            if guarded_visible(d, tstate):
-                threads += 1
-                if tb_thread_ident(tstate) == main_thread_ident:
-                    main = tstate
+        if tb_thread_ident(tstate) == main_thread_ident:
+            main = tstate
+            break
         tstate = tb_next_thread(tstate)
         walked += 1
-    if d.format == FORMAT_UWSGI:
-        emit_str(d, UWSGI_HEADER)
-    elif d.format == FORMAT_TEXT:
-        emit_str(d, b"tbfast dump: pid=")
-        emit_decimal(d, getpid())
-        emit_str(d, b" time=")
-        emit_timestamp(d)
-        emit_str(d, b" trigger=")
-        emit_str(d, request.trigger)
-        emit_str(d, b" mode=gil threads=" if request.gil_held else b" mode=gil-free threads=")
-        emit_decimal(d, threads)
-        emit_str(d, b"\n")
-    else:
-        emit_str(d, b'{"tbfast":1,"pid":')
-        emit_decimal(d, getpid())
-        emit_str(d, b',"time":"')
-        emit_timestamp(d)
-        emit_str(d, b'","trigger":"')
-        emit_str(d, request.trigger)
-        emit_str(d, b'","mode":"gil","threads":[' if request.gil_held else b'","mode":"gil-free","threads":[')
-    if main != NULL:
-        first = not guarded_dump_thread(d, main, request, True, holder)
+    if main != NULL and wanted(main, request):
+        threads += guarded_dump_thread(d, main, request, holder)
     tstate = tb_first_thread(request.interp)
     walked = 0
     while tstate != NULL and walked < MAX_THREADS_WALKED:
-        if tstate != main and (request.all_threads or
-                               tb_thread_ident(tstate) == request.current_ident):
-            if guarded_visible(d, tstate) and guarded_dump_thread(d, tstate, request, first, holder):
-                first = False
+        if tstate != main and wanted(tstate, request):
+            threads += guarded_dump_thread(d, tstate, request, holder)
         tstate = tb_next_thread(tstate)
         walked += 1
     emit_end(d)
+    emit_header(d, request, threads, started)
+
+
+cdef inline bint wanted(PyThreadState *tstate, DumpRequest *request) noexcept nogil:
+    # Signal safe.
+    return request.all_threads or tb_thread_ident(tstate) == request.current_ident
+
+
+cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec started) noexcept nogil:
+    """Signal safe: formats the header apart, then puts it right in front of the body."""
+    cdef char text[HEADER_RESERVE]
+    cdef Dumper header
+    header.buf = text
+    header.capacity = HEADER_RESERVE
+    header.length = 0
+    header.full = False
+    if d.format == FORMAT_UWSGI:
+        emit_str(&header, UWSGI_HEADER)
+    elif d.format == FORMAT_TEXT:
+        emit_str(&header, b"tbfast dump: pid=")
+        emit_decimal(&header, getpid())
+        emit_str(&header, b" time=")
+        emit_timestamp(&header, started)
+        emit_str(&header, b" trigger=")
+        emit_str(&header, request.trigger)
+        emit_str(&header, b" mode=gil threads=" if request.gil_held else b" mode=gil-free threads=")
+        emit_decimal(&header, threads)
+        emit_str(&header, b"\n")
+    else:
+        emit_str(&header, b'{"tbfast":1,"pid":')
+        emit_decimal(&header, getpid())
+        emit_str(&header, b',"time":"')
+        emit_timestamp(&header, started)
+        emit_str(&header, b'","trigger":"')
+        emit_str(&header, request.trigger)
+        emit_str(&header, b'","mode":"gil","threads":[' if request.gil_held else b'","mode":"gil-free","threads":[')
+    d.start = d.start - header.length
+    memcpy(d.buf + d.start, text, header.length)
 
 
 cdef void emit_end(Dumper *d) noexcept nogil:

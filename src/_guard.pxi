@@ -99,7 +99,6 @@ cdef struct ThreadJob:
     Dumper *d
     PyThreadState *tstate
     DumpRequest *request
-    bint first
     PyThreadState *holder
     bint visible
 
@@ -116,39 +115,25 @@ cdef void record_job(void *argument) noexcept nogil:
 cdef void dump_thread_job(void *argument) noexcept nogil:
     # Signal safe: dump_thread, in the shape a guarded call takes.
     cdef ThreadJob *job = <ThreadJob *>argument
-    dump_thread(job.d, job.tstate, job.request, job.first, job.holder)
+    dump_thread(job.d, job.tstate, job.request, job.holder)
 
 
-cdef void visible_job(void *argument) noexcept nogil:
-    # Signal safe: has_visible_frame, in the shape a guarded call takes.
-    cdef ThreadJob *job = <ThreadJob *>argument
-    job.visible = has_visible_frame(job.tstate)
-
-
-cdef bint guarded_visible(Dumper *d, PyThreadState *tstate) noexcept nogil:
-    # Signal safe: whether a thread has a frame to show; an unreadable one has none.
-    cdef ThreadJob job
-    job.tstate = tstate
-    job.visible = False
-    if tb_guarded_call(d - dumpers, visible_job, &job) != 0:
-        return False
-    return job.visible
-
-
-cdef bint guarded_dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request, bint first,
+cdef bint guarded_dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
                               PyThreadState *holder) noexcept nogil:
     """Signal safe: one thread in two guarded steps.  A fault while walking keeps the
     frames read before it and ends the thread with `<unreadable frame>`; a fault while
-    formatting replaces the frame being written by it.  False if nothing was written."""
+    formatting replaces the frame being written by it.  False for a thread with no
+    frame to show (as sys._current_frames() leaves it out) or none readable."""
     cdef ThreadJob job
     job.d = d
     job.tstate = tstate
     job.request = request
-    job.first = first
     job.holder = holder
     d.walk_faulted = tb_guarded_call(d - dumpers, record_job, &job) != 0
     if d.walk_faulted:
         d.visible = d.recorded + 1  # the frames read, and the one that could not be
+    if d.visible == 0:
+        return False
     d.thread_mark = d.length
     d.frame_mark = -1
     if tb_guarded_call(d - dumpers, dump_thread_job, &job) == 0:
@@ -158,6 +143,7 @@ cdef bint guarded_dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *req
         return False
     d.length = d.frame_mark
     emit_unreadable(d, tstate, d.frame_index)
+    d.threads_written += 1
     if d.format == FORMAT_JSON:
         emit_tail_str(d, b"]}")
     else:

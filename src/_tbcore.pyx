@@ -47,7 +47,7 @@ cdef int dump_to_fd_nogil(int fd, DumpRequest *request, int format, int timeout_
         return 16  # EBUSY
     dumper_start(d, format)
     dump(d, request)
-    error = write_all(fd, d.buf, d.length, timeout_ms)
+    error = write_dump(d, fd, timeout_ms)
     tb_release(&d.busy)
     return error
 
@@ -73,7 +73,7 @@ def format_dump(bint all_threads, str fmt, int skip, str trigger="api"):
     """The dump as bytes; `skip` frames of the caller's are left out."""
     cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger)
     try:
-        return d.buf[:d.length]
+        return d.buf[d.start:d.length]
     finally:
         tb_release(&d.busy)
 
@@ -84,7 +84,7 @@ def dump_to_fd(int fd, bint all_threads, str fmt, int skip, str trigger="api"):
     cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger)
     cdef int error
     with nogil:
-        error = write_all(fd, d.buf, d.length, API_WRITE_MS)
+        error = write_dump(d, fd, API_WRITE_MS)
         tb_release(&d.busy)
     if error:
         raise OSError(error, "tbfast: writing the dump to fd %d failed" % fd)
@@ -260,7 +260,7 @@ def take_mailbox(int mailbox):
     """The dump the watchdog kept for the logger; frees its buffer."""
     cdef Dumper *d = &dumpers[mailbox]
     try:
-        return d.buf[:d.length]
+        return d.buf[d.start:d.length]
     finally:
         release_mailbox(mailbox)
 

@@ -134,7 +134,7 @@ cdef void dump_expired(ThreadSlot *slot, long long stuck_ns) noexcept nogil:
     dumper_start(d, watchdog.dump_format)
     dump(d, &request)
     if watchdog.dump_fd >= 0:
-        write_all(watchdog.dump_fd, d.buf, d.length, SIGNAL_WRITE_MS)
+        write_dump(d, watchdog.dump_fd, SIGNAL_WRITE_MS)
     if watchdog.notify_fd >= 0:
         if tb_bump(&watchdog.mailboxes_held) <= MAILBOXES:
             mailbox = d - dumpers

@@ -54,8 +54,11 @@ def _timestamp(seconds):
 class _Frame:
     __slots__ = ("file", "line", "function", "source", "code")
 
-    def __init__(self, frame):
+    def __init__(self, frame, checked):
         code = frame.f_code
+        if code.co_filename not in checked:  # once a file a dump, as extract_stack does
+            linecache.checkcache(code.co_filename)
+            checked.add(code.co_filename)
         self.code = code
         self.file = bounded(code.co_filename, FILENAME_LIMIT)
         self.line = frame.f_lineno
@@ -81,7 +84,7 @@ def _snapshot(all_threads, skip):
     frames_by_thread[current] = sys._getframe(skip + 1)
     idents = [current] if not all_threads else sorted(
         frames_by_thread, key=lambda ident: ident != main)
-    threads = []
+    threads, checked = [], set()
     for ident in idents:
         thread = _Thread()
         known = threading._active.get(ident)
@@ -96,7 +99,7 @@ def _snapshot(all_threads, skip):
         thread.frames = []
         frame = frames_by_thread[ident]
         while frame is not None:
-            thread.frames.append(_Frame(frame))
+            thread.frames.append(_Frame(frame, checked))
             frame = frame.f_back
         threads.append(thread)
     return threads

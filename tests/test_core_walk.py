@@ -124,3 +124,23 @@ def test_context_is_shown_and_bounded():
         tbfast.set_context(None)
     assert tbfast.get_context() is None
     assert "\n  Context: " not in tbfast.format_traceback(all_threads=False)
+
+
+def test_source_line_follows_the_file_on_disk(parked, tmp_path, monkeypatch):
+    """Source lines are cached across dumps, but an edited file is read again, as
+    traceback.extract_stack's linecache.checkcache would."""
+    module_file = tmp_path / "edited_module.py"
+    module_file.write_text("def run(park):\n    park()  # first version\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("edited_module")
+    item = parked(module.run)
+    ident = item.thread.ident
+    for _ in range(2):  # the second dump comes from the cache
+        assert dumped(tbfast.format_traceback(format="json"), ident) == truth(ident)
+    module_file.write_text("def run(park):\n    park()  # second version, longer\n")
+    stat = os.stat(module_file)
+    os.utime(module_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    frames = dumped(tbfast.format_traceback(format="json"), ident)
+    assert frames == truth(ident)
+    assert [frame[3] for frame in frames if frame[0] == str(module_file)] == [
+        "park()  # second version, longer"]
