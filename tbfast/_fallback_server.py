@@ -1,0 +1,228 @@
+"""The tracebacker socket server in pure Python, for when the C core lacks one.
+
+Same interface and protocol as the core's native server (`serve_start`,
+`serve_stop`); this is also their readable reference.  It runs in a daemon
+Python thread, so unlike the native server it needs the GIL to answer: it
+cannot help a worker whose GIL holder is stuck in C.
+
+Protocol, one client at a time, in turn:
+
+1. accept; the peer's uid (SO_PEERCRED) must be `owner_uid` or 0, else the
+   client gets ``tbfast: refused: uid N is not allowed\\n`` and is closed;
+2. wait up to REQUEST_WAIT (10 ms) for an optional request line of at most
+   REQUEST_LIMIT (64) bytes including its ``\\n``; the line also ends at EOF
+   (the client shut down its side) or when the 10 ms are up.  Stripped of
+   whitespace it is empty (dump in the default format) or ``text``, ``uwsgi``
+   or ``json``; anything else, or more than 64 bytes without a newline, gets
+   ``tbfast: bad request: expected text, uwsgi or json\\n`` and a close;
+3. write the dump (trigger ``socket``), for at most SEND_TIMEOUT (2 s) in all,
+   so a client that never reads holds the server no longer; close.
+
+Before each close, what the client sent beyond the request is drained
+(bounded), so the close does not reset the connection under the reply.
+"""
+
+import errno
+import os
+import select
+import socket
+import struct
+import threading
+import time
+
+MODE = "python"
+FORMATS = ("text", "uwsgi", "json")
+REQUEST_WAIT = 0.010
+REQUEST_LIMIT = 64
+SEND_TIMEOUT = 2.0
+DRAIN_LIMIT = 64 * 1024
+THREAD_NAME = "tbfast-tracebacker"
+BAD_REQUEST = b"tbfast: bad request: expected text, uwsgi or json\n"
+_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # a reader gone is EPIPE, not SIGPIPE
+
+_server = None
+
+
+class _Server:
+    def __init__(self, listen_fd, default_format, owner_uid):
+        self.listener = socket.socket(fileno=listen_fd)
+        self.default_format = default_format
+        self.owner_uid = owner_uid
+        self.pid = os.getpid()
+        self.wake_r, self.wake_w = os.pipe()  # both close-on-exec (PEP 446)
+        self.thread = threading.Thread(target=self.run, name=THREAD_NAME, daemon=True)
+
+    def close_fds(self):
+        self.listener.close()
+        for fd in (self.wake_r, self.wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def run(self):
+        poller = select.poll()
+        poller.register(self.listener.fileno(), select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        self.listener.setblocking(False)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if self.wake_r in ready:
+                return
+            try:
+                client, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    time.sleep(0.05)  # out of fds: let the queue wait, don't spin
+                    continue
+                return  # the listener is gone
+            try:
+                self.serve(client)
+            except Exception:  # noqa: BLE001 - one client must never stop the server
+                pass
+            finally:
+                client.close()
+
+    def serve(self, client):
+        client.setblocking(False)
+        uid = peer_uid(client)
+        if uid is None:
+            return  # no credentials, no dump
+        if uid != self.owner_uid and uid != 0:
+            send_all(client, b"tbfast: refused: uid %d is not allowed\n" % uid)
+            drain(client)
+            return
+        fmt = read_request(client, self.default_format)
+        if fmt is None:
+            send_all(client, BAD_REQUEST)
+        else:
+            from . import _impl  # the core's dump when it is loaded, else the fallback's
+            send_all(client, _impl.format_dump(True, fmt, 0, "socket"))
+        drain(client)
+
+    def stop(self):
+        if self.pid != os.getpid():
+            # A forked child: the thread is the parent's; only the fds were copied.
+            self.close_fds()
+            return
+        try:
+            os.write(self.wake_w, b"x")
+        except OSError:
+            pass
+        if self.thread.ident is not None and self.thread is not threading.current_thread():
+            # A dump is at most SEND_TIMEOUT plus its own making.
+            self.thread.join(SEND_TIMEOUT + 5)
+        self.close_fds()
+
+
+def wait_for(client, events, timeout):
+    """True when `client` is ready for `events` (or has an error) within `timeout` s.
+
+    poll, not select: a worker may well have fds above FD_SETSIZE.
+    """
+    poller = select.poll()
+    poller.register(client, events)
+    try:
+        return bool(poller.poll(max(1, int(timeout * 1000 + 0.999))))
+    except InterruptedError:
+        return True  # the caller retries and checks its deadline
+
+
+def peer_uid(client):
+    try:
+        creds = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    return struct.unpack("3i", creds)[1]
+
+
+def read_request(client, default_format):
+    """The requested format, the default for none, None for a bad request."""
+    data = b""
+    deadline = time.monotonic() + REQUEST_WAIT
+    while b"\n" not in data and len(data) <= REQUEST_LIMIT:
+        left = deadline - time.monotonic()
+        if left <= 0 or not wait_for(client, select.POLLIN, left):
+            break
+        try:
+            chunk = client.recv(REQUEST_LIMIT + 1 - len(data))
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break  # EOF ends the request too
+        data += chunk
+    if len(data) > REQUEST_LIMIT:
+        return None  # a line of more than 64 bytes, its newline included, or none
+    if b"\n" in data:
+        data = data[: data.index(b"\n")]
+    try:
+        request = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    if not request:
+        return default_format
+    return request if request in FORMATS else None
+
+
+def send_all(client, data):
+    """Writes `data` within SEND_TIMEOUT in all; False if the client did not take it."""
+    view = memoryview(data)
+    deadline = time.monotonic() + SEND_TIMEOUT
+    while view:
+        try:
+            view = view[client.send(view, _SEND_FLAGS):]
+            continue
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return False  # EPIPE, ECONNRESET: the client left
+        left = deadline - time.monotonic()
+        if left <= 0 or not wait_for(client, select.POLLOUT, left):
+            return False
+    return True
+
+
+def drain(client):
+    """Reads what is already there (bounded), so close() doesn't reset the client."""
+    total = 0
+    while total < DRAIN_LIMIT:
+        try:
+            chunk = client.recv(4096)
+        except OSError:
+            return
+        if not chunk:
+            return
+        total += len(chunk)
+
+
+def serve_start(listen_fd, default_format, owner_uid):
+    """Serves dumps on the bound, listening UNIX socket `listen_fd`, which it now
+    owns: it closes it when it raises, too.  A server already running is stopped."""
+    global _server
+    if default_format not in FORMATS:
+        os.close(listen_fd)
+        raise ValueError("unknown format %r: use one of %s" % (default_format, ", ".join(FORMATS)))
+    if _server is not None:
+        serve_stop()
+    server = _Server(listen_fd, default_format, owner_uid)
+    try:
+        server.thread.start()
+    except BaseException:
+        server.close_fds()
+        raise
+    _server = server
+
+
+def serve_stop():
+    """Stops the server thread and closes the listening fd; never unlinks anything.
+
+    In a child after fork() it only closes the copies of the fds it inherited.
+    """
+    global _server
+    server, _server = _server, None
+    if server is not None:
+        server.stop()

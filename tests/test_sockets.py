@@ -1,0 +1,940 @@
+"""Per-worker tracebacker sockets: naming, slots, files, fork, protocol.
+
+Real UNIX sockets in short temporary directories, real worker subprocesses
+(WORKER_SCRIPT), every wait bounded.  The protocol tests run against both
+servers: the core's native one and the pure-Python fallback
+(TBFAST_NO_EXTENSIONS=1 in the worker's environment).
+"""
+
+import errno
+import fcntl
+import json
+import os
+import pwd
+import select
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+import tbfast
+from tbfast import sockets
+
+ROOT = os.geteuid() == 0
+CORE_SERVER = tbfast.HAS_CORE and getattr(tbfast._impl, "serve_start", None) is not None
+SERVERS = [pytest.param("core", marks=pytest.mark.skipif(
+               not CORE_SERVER, reason="the C core (with serve_start) is not built")),
+           "python"]
+
+# The worker: busy threads parked at a line it reports (the truth the dumps are
+# checked against), then the main thread reads commands on stdin.
+WORKER_SCRIPT = r'''
+import ctypes, json, os, signal, sys, threading, time, traceback
+import tbfast
+from tbfast import sockets
+
+config = json.loads(sys.argv[1])
+watchdog = threading.Timer(config.get("lifetime", 60), os._exit, (3,))
+watchdog.daemon = True
+watchdog.start()
+
+
+def stuck_in_here(started, release, depth):
+    if depth > 0:
+        return stuck_in_here(started, release, depth - 1)
+    started.append(traceback.extract_stack(limit=1)[0].lineno + 1)
+    release.wait()
+
+
+release, lines = threading.Event(), []
+for number in range(config.get("threads", 2)):
+    threading.Thread(target=stuck_in_here, args=(lines, release, config.get("depth", 0)),
+                     name="busy-%d" % number, daemon=True).start()
+deadline = time.monotonic() + 20
+while len(lines) < config.get("threads", 2) and time.monotonic() < deadline:
+    time.sleep(0.001)
+
+
+def report(**extra):
+    now = sockets.current()
+    info = dict(pid=os.getpid(), path=now and now.path, worker_id=now and now.worker_id,
+                source=now and now.source, server=sockets.SERVER, mode=tbfast.MODE,
+                line=lines[0] if lines else None, threads=len(lines))
+    info.update(extra)
+    sys.stdout.write(json.dumps(info) + "\n")
+    sys.stdout.flush()
+
+
+def hold_the_gil(seconds):
+    sleep = ctypes.PyDLL(None).sleep  # PyDLL keeps the GIL across the call
+    report(holding=True, line=traceback.extract_stack(limit=1)[0].lineno + 1)
+    sleep(seconds)
+
+
+def enable(config):
+    try:
+        sockets.enable_tracebacker(config["basename"], config.get("worker_id"),
+                                   mode=config.get("mode", 0o600),
+                                   format=config.get("format", "text"))
+    except Exception as error:
+        report(error="%s: %s" % (type(error).__name__, error))
+    else:
+        report()
+
+
+if "basename" in config:
+    enable(config)
+else:
+    report()
+for command in sys.stdin:
+    command = command.strip()
+    if command == "disable":
+        report(disabled=sockets.disable_tracebacker())
+    elif command.startswith("enable "):
+        enable(json.loads(command[len("enable "):]))
+    elif command == "fork":
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        child = os.fork()
+        if child == 0:
+            report(child=True, parent=os.getppid())
+            signal.sigwait({signal.SIGUSR1})
+            sys.exit(0)  # a normal exit: atexit removes the child's own socket
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        report(forked=child)
+    elif command.startswith("hold "):
+        hold_the_gil(int(command.split()[1]))
+        report(held=True)
+    elif command == "quit":
+        break
+'''
+
+
+@pytest.fixture(scope="session")
+def script():
+    directory = tempfile.mkdtemp(prefix="tbw")
+    path = os.path.join(directory, "worker.py")
+    with open(path, "w") as file:
+        file.write(WORKER_SCRIPT)
+    yield path
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp():
+    """A short directory: UNIX socket paths are limited to 107 bytes."""
+    directory = tempfile.mkdtemp(prefix="tb", dir="/tmp")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(params=SERVERS)
+def server(request):
+    return request.param
+
+
+def worker_env(server=None, **extra):
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("TBFAST_")}
+    if server == "python":
+        env["TBFAST_NO_EXTENSIONS"] = "1"
+    env.update(extra)
+    return env
+
+
+class Worker:
+    """A worker subprocess running WORKER_SCRIPT; .info is its first report."""
+
+    def __init__(self, script, config, server=None, env=None):
+        self.proc = subprocess.Popen(
+            [sys.executable, script, json.dumps(config)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env or worker_env(server), cwd=os.path.dirname(script))
+        self.script = script
+        self.pid = self.proc.pid
+        self._buffer = b""
+        self.info = None
+
+    def start(self):
+        self.info = self.read()
+        return self
+
+    def read(self, timeout=20):
+        """The worker's next report line, as a dict."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise AssertionError("worker %d said nothing in %ss" % (self.pid, timeout))
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError("worker %d exited: %s" % (self.pid, self.stderr()))
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def send(self, command):
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def stderr(self):
+        if self.proc.poll() is None:
+            return "(still running)"
+        return self.proc.stderr.read().decode(errors="replace")
+
+    def quit(self, timeout=10):
+        """A normal exit (atexit runs); the exit status."""
+        if self.proc.poll() is None:
+            self.send("quit")
+        return self.proc.wait(timeout)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    @property
+    def path(self):
+        return self.info["path"]
+
+
+@pytest.fixture
+def spawn(script):
+    """spawn(config, server=...) starts a worker and waits for its first report;
+    every worker is killed at the end of the test."""
+    workers = []
+
+    def start(config, server=None, env=None, wait=True):
+        worker = Worker(script, config, server, env)
+        workers.append(worker)
+        return worker.start() if wait else worker
+
+    yield start
+    for worker in workers:
+        worker.kill()
+        for stream in (worker.proc.stdin, worker.proc.stdout, worker.proc.stderr):
+            stream.close()
+
+
+def ask(path, request=None, timeout=10, shutdown=False):
+    """What the server at `path` answers: bytes until it closes."""
+    address = "\0" + path[1:] if path.startswith("@") else path
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        client.connect(address)
+        if request is not None:
+            try:
+                client.sendall(request)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # it answered (a refusal) and closed before reading: read the answer
+        if shutdown:
+            client.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            client.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = client.recv(65536)
+            except ConnectionResetError:
+                if not chunks:
+                    raise
+                chunk = b""  # closed with bytes of ours unread: the answer is whole
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def busy_frames(dump, name="busy-0"):
+    """The frames of thread `name` in a json dump, innermost first."""
+    for thread in dump["threads"]:
+        if thread["name"] == name:
+            return thread["frames"]
+    raise AssertionError("no thread %r in %s" % (name, [t["name"] for t in dump["threads"]]))
+
+
+@pytest.fixture
+def clean_state():
+    """In-process tests leave no tracebacker behind."""
+    yield
+    sockets.disable_tracebacker()
+
+
+# -- naming -----------------------------------------------------------------------
+
+def test_uwsgi_naming_basename_plus_worker_number(tmp, clean_state):
+    assert sockets.enable_tracebacker(tmp + "/tbsocket.", 3) == tmp + "/tbsocket.3"
+    now = sockets.current()
+    assert (now.path, now.worker_id, now.source, now.pid) == (
+        tmp + "/tbsocket.3", 3, "explicit", os.getpid())
+    assert stat.S_ISSOCK(os.stat(tmp + "/tbsocket.3").st_mode)
+    # A basename without a separator is used as is, as uWSGI does: tbsocket1.
+    assert sockets.enable_tracebacker(tmp + "/tbsocket") == tmp + "/tbsocket1"
+    assert sockets.current().source == "slot"
+    assert not os.path.exists(tmp + "/tbsocket.3"), "enabling again replaces the first"
+    assert b"trigger=socket" in ask(tmp + "/tbsocket1", b"text\n")
+
+
+def test_abstract_socket(clean_state):
+    base = "@tbfast-test-%d-" % os.getpid()
+    path = sockets.enable_tracebacker(base)
+    assert path == base + "1"
+    dump = json.loads(ask(path, b"json\n"))
+    assert dump["pid"] == os.getpid() and dump["trigger"] == "socket"
+    with pytest.raises(FileExistsError, match="served by a live process"):
+        sockets._claim(path, None, strict=True)
+    assert sockets.disable_tracebacker() is True
+    with pytest.raises(ConnectionRefusedError):
+        ask(path)
+
+
+# -- slots --------------------------------------------------------------------------
+
+def test_three_workers_take_slots_one_to_three(spawn, tmp, server):
+    workers = [spawn({"basename": tmp + "/tb."}, server, wait=False) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    assert sorted(w.info["worker_id"] for w in workers) == [1, 2, 3]
+    for worker in workers:
+        assert worker.info["server"] == server
+        assert worker.info["source"] == "slot"
+        assert worker.path == tmp + "/tb.%d" % worker.info["worker_id"]
+        assert json.loads(ask(worker.path, b"json\n"))["pid"] == worker.pid
+    assert sorted(os.listdir(tmp)) == ["tb.1", "tb.1.lock", "tb.2", "tb.2.lock", "tb.3",
+                                       "tb.3.lock"]
+
+
+def test_killed_worker_slot_is_reclaimed(spawn, tmp, server):
+    workers = [spawn({"basename": tmp + "/tb."}, server) for _ in range(3)]
+    second = next(w for w in workers if w.info["worker_id"] == 2)
+    os.kill(second.pid, signal.SIGKILL)
+    second.proc.wait(10)
+    assert stat.S_ISSOCK(os.lstat(tmp + "/tb.2").st_mode), "kill -9 leaves the file"
+    with pytest.raises(ConnectionRefusedError):
+        ask(tmp + "/tb.2")
+    respawned = spawn({"basename": tmp + "/tb."}, server)
+    assert (respawned.info["worker_id"], respawned.info["source"]) == (2, "slot")
+    assert json.loads(ask(tmp + "/tb.2", b"json\n"))["pid"] == respawned.pid
+    for worker in workers:
+        if worker is not second:  # the live ones were not touched
+            assert json.loads(ask(worker.path, b"json\n"))["pid"] == worker.pid
+
+
+def test_live_slots_are_skipped_never_stolen(spawn, tmp):
+    # Slot 1: something serves it without a lock (uWSGI's own tracebacker, say).
+    foreign = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    foreign.bind(tmp + "/tb.1")
+    foreign.listen(8)
+    # Slot 2: locked by a live process that has not bound yet.
+    held = os.open(tmp + "/tb.2.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        worker = spawn({"basename": tmp + "/tb."})
+        assert worker.info["worker_id"] == 3
+        # The foreign socket is still the same file and still ours.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(tmp + "/tb.1")
+            foreign.settimeout(5)
+            foreign.accept()[0].close()
+        explicit = spawn({"basename": tmp + "/tb.", "worker_id": 1})
+        assert explicit.info["error"] == (
+            "FileExistsError: [Errno 17] tracebacker socket is served by a live process: '%s'"
+            % (tmp + "/tb.1"))
+        locked = spawn({"basename": tmp + "/tb.", "worker_id": 2})
+        assert "served by a live process" in locked.info["error"]
+        assert locked.info["path"] is None
+    finally:
+        os.close(held)
+        foreign.close()
+
+
+def test_explicit_worker_id_served_by_live_worker(spawn, tmp):
+    first = spawn({"basename": tmp + "/tb.", "worker_id": 7})
+    assert (first.path, first.info["source"]) == (tmp + "/tb.7", "explicit")
+    second = spawn({"basename": tmp + "/tb.", "worker_id": 7})
+    assert second.info["error"].startswith("FileExistsError")
+    assert tmp + "/tb.7" in second.info["error"] and "live process" in second.info["error"]
+    assert json.loads(ask(first.path, b"json\n"))["pid"] == first.pid
+    first.kill()  # now stale: an explicit id takes it over
+    third = spawn({"basename": tmp + "/tb.", "worker_id": 7})
+    assert third.path == tmp + "/tb.7"
+    assert json.loads(ask(third.path, b"json\n"))["pid"] == third.pid
+
+
+def test_a_file_that_is_not_a_socket_is_left_alone(tmp, clean_state):
+    with open(tmp + "/tb.1", "w") as file:
+        file.write("not a socket")
+    with pytest.raises(FileExistsError, match="is not a socket"):
+        sockets.enable_tracebacker(tmp + "/tb.", 1)
+    assert sockets.enable_tracebacker(tmp + "/tb.") == tmp + "/tb.2"
+    with open(tmp + "/tb.1") as file:
+        assert file.read() == "not a socket"
+
+
+# -- files: mode, close-on-exec, removal ---------------------------------------------
+
+def test_socket_is_0600_from_the_start_and_the_umask_is_untouched(tmp, clean_state):
+    old = os.umask(0)  # no umask at all: only the mode given keeps others out
+    try:
+        path = sockets.enable_tracebacker(tmp + "/tb.")
+        assert os.umask(0) == 0, "enable_tracebacker changed the process umask"
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path + ".lock").st_mode) == 0o600
+    path = sockets.enable_tracebacker(tmp + "/tb.", mode=0o660)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+
+
+def _socket_inode(path):
+    with open("/proc/net/unix") as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == path:
+                return fields[6]
+    raise AssertionError("%s is not in /proc/net/unix" % path)
+
+
+def test_fds_close_on_exec(tmp, clean_state):
+    path = sockets.enable_tracebacker(tmp + "/tb.")
+    inode = _socket_inode(path)
+    # An exec'd child that keeps every inheritable fd lists what it got.
+    listing = subprocess.run(["ls", "-l", "/proc/self/fd/"], close_fds=False,
+                             capture_output=True, text=True, timeout=10).stdout
+    assert "socket:[%s]" % inode not in listing
+    assert path + ".lock" not in listing
+    own = {os.readlink("/proc/self/fd/" + fd) for fd in os.listdir("/proc/self/fd")
+           if os.path.exists("/proc/self/fd/" + fd)}
+    assert path + ".lock" in own, "the lock is held through an fd of this process"
+
+
+def test_disable_removes_socket_and_lock(spawn, tmp, server):
+    worker = spawn({"basename": tmp + "/tb."}, server)
+    assert sorted(os.listdir(tmp)) == ["tb.1", "tb.1.lock"]
+    worker.send("disable")
+    assert worker.read()["disabled"] is True
+    assert os.listdir(tmp) == []
+    worker.send("disable")
+    assert worker.read()["disabled"] is False
+
+
+def test_normal_exit_removes_socket_and_lock(spawn, tmp, server):
+    worker = spawn({"basename": tmp + "/tb."}, server)
+    assert os.path.exists(worker.path)
+    assert worker.quit() == 0
+    assert os.listdir(tmp) == []
+
+
+def test_never_removes_a_file_it_does_not_own(tmp, clean_state):
+    path = sockets.enable_tracebacker(tmp + "/tb.")
+    os.unlink(path)  # someone replaced our socket with a file of theirs
+    with open(path, "w") as file:
+        file.write("theirs")
+    assert sockets.disable_tracebacker() is True
+    with open(path) as file:
+        assert file.read() == "theirs"
+
+
+# -- fork ----------------------------------------------------------------------------
+
+def test_fork_child_serves_its_own_socket(spawn, tmp, server):
+    parent = spawn({"basename": tmp + "/tb."}, server)
+    parent.send("fork")
+    first, second = parent.read(), parent.read()
+    child = first if first.get("child") else second
+    forked = second if child is first else first
+    assert forked["forked"] == child["pid"] and child["parent"] == parent.pid
+    assert (parent.info["worker_id"], child["worker_id"]) == (1, 2)
+    assert child["path"] == tmp + "/tb.2" and child["source"] == "slot"
+    parent_dump = json.loads(ask(parent.path, b"json\n"))
+    child_dump = json.loads(ask(child["path"], b"json\n"))
+    assert parent_dump["pid"] == parent.pid
+    assert child_dump["pid"] == child["pid"]
+    text = ask(child["path"], b"text\n").decode()
+    assert text.startswith("tbfast dump: pid=%d " % child["pid"])
+    # The child's normal exit removes its own socket, not the parent's.
+    os.kill(child["pid"], signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while os.path.exists(child["path"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not os.path.exists(child["path"])
+    assert json.loads(ask(parent.path, b"json\n"))["pid"] == parent.pid
+    assert sorted(os.listdir(tmp)) == ["tb.1", "tb.1.lock"]
+
+
+def test_subprocess_preexec_child_makes_no_socket(tmp, clean_state):
+    path = sockets.enable_tracebacker(tmp + "/tb.")
+    # preexec_fn makes subprocess run the fork hooks in a child that then execs.
+    subprocess.run(["true"], preexec_fn=lambda: None, check=True, timeout=30)
+    assert sorted(os.listdir(tmp)) == ["tb.1", "tb.1.lock"]
+    assert json.loads(ask(path, b"json\n"))["pid"] == os.getpid()
+
+
+# -- bad input -------------------------------------------------------------------------
+
+def test_path_too_long(tmp, clean_state):
+    basename = tmp + "/" + "x" * (107 - len(tmp) - 1)  # 107 bytes with the "1"
+    with pytest.raises(ValueError) as raised:
+        sockets.enable_tracebacker(basename)
+    message = str(raised.value)
+    assert repr(basename + "1") in message and "107" in message and "108" in message
+    assert os.listdir(tmp) == []
+    shorter = basename[:-1]  # 106 + "1": exactly the limit
+    assert sockets.enable_tracebacker(shorter) == shorter + "1"
+
+
+def test_missing_directory(tmp, clean_state):
+    with pytest.raises(FileNotFoundError) as raised:
+        sockets.enable_tracebacker(tmp + "/nowhere/tb.")
+    assert raised.value.filename == tmp + "/nowhere"
+    assert tmp + "/nowhere" in str(raised.value)
+
+
+@pytest.mark.skipif(ROOT, reason="root writes into a directory of mode 0 anyway")
+def test_unwritable_directory(tmp, clean_state):
+    os.chmod(tmp, 0o500)
+    try:
+        with pytest.raises(PermissionError) as raised:
+            sockets.enable_tracebacker(tmp + "/tb.")
+        assert raised.value.filename == tmp
+    finally:
+        os.chmod(tmp, 0o700)
+
+
+def test_bad_arguments(tmp, clean_state):
+    with pytest.raises(ValueError, match="unknown format"):
+        sockets.enable_tracebacker(tmp + "/tb.", format="xml")
+    with pytest.raises(TypeError):
+        sockets.enable_tracebacker(tmp + "/tb.", worker_id="1")
+    with pytest.raises(ValueError):
+        sockets.enable_tracebacker(tmp + "/tb.", worker_id=-1)
+    with pytest.raises(ValueError, match="mode"):
+        sockets.enable_tracebacker(tmp + "/tb.", mode=0o1777)
+    with pytest.raises(ValueError, match="empty"):
+        sockets.enable_tracebacker("")
+    assert os.listdir(tmp) == []
+    assert sockets.current() is None
+
+
+# -- protocol ----------------------------------------------------------------------------
+
+def test_no_request_gets_the_default_format(spawn, tmp, server):
+    worker = spawn({"basename": tmp + "/tb.", "format": "json"}, server)
+    started = time.monotonic()
+    dump = json.loads(ask(worker.path))  # sends nothing: the server waits 10 ms
+    assert time.monotonic() - started < 5
+    assert dump["pid"] == worker.pid and dump["trigger"] == "socket"
+    assert json.loads(ask(worker.path, b"", shutdown=True))["pid"] == worker.pid
+    assert json.loads(ask(worker.path, b"\n"))["pid"] == worker.pid
+
+
+def test_each_format_shows_the_true_line(spawn, tmp, server, script):
+    worker = spawn({"basename": tmp + "/tb.", "threads": 2}, server)
+    line = worker.info["line"]
+    text = ask(worker.path, b"text\n").decode()
+    assert text.startswith("tbfast dump: pid=%d " % worker.pid) and "trigger=socket" in text
+    assert 'name "busy-0"' in text and 'name "busy-1"' in text
+    assert '  File "%s", line %d in stuck_in_here\n    release.wait()\n' % (script, line) in text
+    uwsgi = ask(worker.path, b"uwsgi\n").decode()
+    assert uwsgi.startswith("*** uWSGI Python tracebacker output ***\n\n")
+    assert ("thread_id = busy-1 filename = %s lineno = %d function = stuck_in_here "
+            "line = release.wait()\n" % (script, line)) in uwsgi
+    dump = json.loads(ask(worker.path, b"  json \r\n"))  # surrounding whitespace is fine
+    frame = next(frame for frame in busy_frames(dump) if frame["file"] == script)
+    assert (frame["line"], frame["function"], frame["source"]) == (
+        line, "stuck_in_here", "release.wait()")
+
+
+@pytest.mark.parametrize("request_line", [
+    b"garbage\n", b"JSON\n", b"json please\n", b"\xff\xfe\n", b"text uwsgi\n",
+    b"x" * 65, b" " * 70 + b"json\n", b"x" * 1000 + b"\n",
+])
+def test_bad_requests_get_one_line(spawn, tmp, server, request_line):
+    worker = spawn({"basename": tmp + "/tb."}, server)
+    assert ask(worker.path, request_line) == (
+        b"tbfast: bad request: expected text, uwsgi or json\n")
+    # ... and the worker serves the next client as before.
+    assert json.loads(ask(worker.path, b"json\n"))["pid"] == worker.pid
+
+
+def test_dump_while_the_gil_is_held_in_c(spawn, tmp, server, script):
+    worker = spawn({"basename": tmp + "/tb."}, server)
+    worker.send("hold 3")
+    holding = worker.read()
+    assert holding["holding"] is True
+    time.sleep(0.3)  # the worker is in sleep() by now, even on a loaded machine
+    started = time.monotonic()
+    dump = json.loads(ask(worker.path, b"json\n", timeout=20))
+    waited = time.monotonic() - started
+    if server == "core":  # the native server needs no GIL: the answer comes at once
+        assert waited < 2, "answered after %.1fs" % waited
+        main = busy_frames(dump, "MainThread")
+        assert (main[0]["file"], main[0]["line"], main[0]["function"]) == (
+            script, holding["line"], "hold_the_gil")
+        assert main[0]["source"] == "sleep(seconds)"
+    else:  # the fallback's thread answers only once the GIL is let go
+        assert waited > 1, "answered after %.1fs while the GIL was held" % waited
+    assert worker.read()["held"] is True
+    assert dump["pid"] == worker.pid
+
+
+def test_client_that_never_reads_holds_the_server_two_seconds_at_most(spawn, tmp, server):
+    # 20 threads 400 frames deep: a dump far larger than the socket buffers.
+    worker = spawn({"basename": tmp + "/tb.", "threads": 20, "depth": 400}, server)
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(worker.path)
+    stuck.sendall(b"json\n")  # and never reads
+    try:
+        time.sleep(0.2)  # the server is now blocked writing to it
+        started = time.monotonic()
+        data = ask(worker.path, b"json\n", timeout=15)
+        waited = time.monotonic() - started
+    finally:
+        stuck.close()
+    dump = json.loads(data)
+    assert dump["pid"] == worker.pid
+    assert len(busy_frames(dump, "busy-19")) > 400
+    assert waited < 2 + 4, "served after %.1fs" % waited
+
+
+def test_a_hundred_concurrent_clients_are_all_served(spawn, tmp, server):
+    worker = spawn({"basename": tmp + "/tb."}, server)
+    results, errors = [], []
+
+    def client(number):
+        try:
+            request = (b"json\n", b"text\n", None)[number % 3]
+            data = ask(worker.path, request, timeout=60)
+            if request is None:
+                assert data.startswith(b"tbfast dump: pid=%d " % worker.pid)
+            elif request == b"json\n":
+                assert json.loads(data)["pid"] == worker.pid
+            else:
+                assert data.startswith(b"tbfast dump: pid=%d " % worker.pid)
+            results.append(number)
+        except Exception as error:  # noqa: BLE001 - collected and reported below
+            errors.append("%d: %r" % (number, error))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert errors == []
+    assert sorted(results) == list(range(100))
+    assert time.monotonic() - started < 60
+
+
+def _as_nobody(path):
+    """Connects to `path` from a forked child running as nobody: what it got."""
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            try:
+                answer = ask(path, b"json\n", timeout=5)
+            except OSError as error:
+                answer = b"error %d" % error.errno
+            os.write(write_end, answer)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    os.waitpid(child, 0)
+    return nobody.pw_uid, answer
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to run a client as nobody")
+def test_other_uid_is_refused(spawn, tmp, server):
+    os.chmod(tmp, 0o711)  # nobody may reach the sockets in it
+    # 0666 lets nobody connect: then the server refuses by SO_PEERCRED.
+    open_worker = spawn({"basename": tmp + "/open.", "mode": 0o666}, server)
+    uid, answer = _as_nobody(open_worker.path)
+    assert answer == b"tbfast: refused: uid %d is not allowed\n" % uid
+    # 0600 keeps nobody out before the server sees anything.
+    closed_worker = spawn({"basename": tmp + "/closed."}, server)
+    assert _as_nobody(closed_worker.path)[1] == b"error %d" % errno.EACCES
+    # Root and the owner still get their dump.
+    assert json.loads(ask(open_worker.path, b"json\n"))["pid"] == open_worker.pid
+
+
+# -- autostart (.pth) ----------------------------------------------------------------------
+
+PTH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                   "tbfast_autostart.pth")
+INSTALLED_PTH = os.path.join(os.path.dirname(os.path.dirname(tbfast.__file__)),
+                             "tbfast_autostart.pth")
+
+
+@pytest.fixture(scope="module")
+def autostart_python():
+    """A python whose start-up reads tbfast_autostart.pth: the installed one's
+    when setup.py put it in site-packages, else a bare venv given a copy."""
+    if os.path.exists(INSTALLED_PTH):
+        yield sys.executable
+        return
+    if not os.path.exists(PTH):
+        pytest.skip("no tbfast_autostart.pth beside the tests nor installed")
+    directory = tempfile.mkdtemp(prefix="tbv")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", directory],
+                       check=True, timeout=60)
+        site = subprocess.run([directory + "/bin/python", "-c",
+                               "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              check=True, capture_output=True, text=True, timeout=30)
+        purelib = site.stdout.strip()
+        # Named to be read before tbfast_autostart.pth: .pth files go in sorted order.
+        with open(os.path.join(purelib, "_tbfast_path.pth"), "w") as file:
+            file.write(os.path.dirname(os.path.dirname(tbfast.__file__)) + "\n")
+        shutil.copy(PTH, purelib)
+        yield directory + "/bin/python"
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_autostart_costs_nothing_when_unset(autostart_python):
+    result = subprocess.run(
+        [autostart_python, "-c", "import sys; print('tbfast' in sys.modules)"],
+        env=worker_env(), capture_output=True, text=True, timeout=30)
+    assert (result.stdout, result.stderr) == ("False\n", "")
+
+
+def test_autostart_enables_the_tracebacker(autostart_python, tmp):
+    code = ("import json, sys; from tbfast import sockets; "
+            "print(json.dumps(sockets.current()._asdict())); sys.stdout.flush(); "
+            "sys.stdin.read()")
+    env = worker_env(TBFAST_TRACEBACKER=tmp + "/auto.", TBFAST_TRACEBACKER_FORMAT="json")
+    proc = subprocess.Popen([autostart_python, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert (info["path"], info["worker_id"], info["pid"], info["format"]) == (
+            tmp + "/auto.1", 1, proc.pid, "json")
+        assert json.loads(ask(tmp + "/auto.1"))["pid"] == proc.pid  # json by default
+    finally:
+        proc.stdin.close()
+        assert proc.wait(10) == 0
+        assert proc.stderr.read() == b""
+        proc.stdout.close()
+        proc.stderr.close()
+    assert os.listdir(tmp) == []  # removed at exit
+
+
+def test_autostart_error_is_one_line_and_the_process_runs(autostart_python, tmp):
+    env = worker_env(TBFAST_TRACEBACKER=tmp + "/missing/tb.")
+    result = subprocess.run([autostart_python, "-c", "print('still here')"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout == "still here\n"
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tbfast: tracebacker not enabled (TBFAST_TRACEBACKER=")
+    assert tmp + "/missing" in lines[0]
+    bad_format = worker_env(TBFAST_TRACEBACKER=tmp + "/tb.", TBFAST_TRACEBACKER_FORMAT="xml")
+    result = subprocess.run([autostart_python, "-c", "print('still here')"], env=bad_format,
+                            capture_output=True, text=True, timeout=30)
+    assert result.stdout == "still here\n" and len(result.stderr.splitlines()) == 1
+    assert "unknown format 'xml'" in result.stderr
+
+
+# -- uWSGI and Celery's billiard ------------------------------------------------------------
+
+UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable))
+UWSGI_APP = r'''
+import os
+from tbfast import sockets
+if os.environ.get("APP_HOOK"):  # the app's own post-fork hook, which must still run
+    import uwsgi
+
+    def post_fork():
+        open(os.environ["APP_HOOK"] + str(uwsgi.worker_id()), "w").close()
+
+    uwsgi.post_fork_hook = post_fork
+if os.environ.get("APP_ENABLE"):
+    sockets.enable_tracebacker(os.environ["APP_ENABLE"])
+
+
+def application(environ, start_response):
+    start_response("200 OK", [])
+    return [b"ok"]
+'''
+
+
+def _run_uwsgi(tmp, env, *options):
+    with open(tmp + "/app.py", "w") as file:
+        file.write(UWSGI_APP)
+    return subprocess.Popen(
+        [UWSGI, "--master", "--processes", "2", "--enable-threads", "--die-on-term",
+         "--need-app", "--socket", tmp + "/uwsgi.sock", "--chdir", tmp, "--wsgi-file",
+         tmp + "/app.py", "-H", sys.prefix, *options],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _uwsgi_worker_dumps(proc, base, workers=2):
+    deadline = time.monotonic() + 30
+    paths = [base + str(number) for number in range(1, workers + 1)]
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode(errors="replace")
+        try:
+            return [json.loads(ask(path, b"json\n")) for path in paths]
+        except (FileNotFoundError, ConnectionRefusedError):  # not yet bound, or listening
+            assert time.monotonic() < deadline, "uWSGI workers never served %s" % paths
+            time.sleep(0.05)
+
+
+def _stop_uwsgi(proc):
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    proc.stderr.close()
+
+
+@pytest.mark.servers
+@pytest.mark.skipif(UWSGI is None, reason="uwsgi is not installed beside this python")
+@pytest.mark.parametrize("how", ["app", "autostart", "autostart-lazy-apps"])
+def test_uwsgi_workers_serve_their_worker_numbers(tmp, server, how, autostart_python):
+    env = worker_env(server)
+    options = []
+    if how == "app":
+        env["APP_ENABLE"] = tmp + "/tb."
+        env["APP_HOOK"] = tmp + "/hook."
+    else:
+        if autostart_python != sys.executable:
+            pytest.skip("tbfast_autostart.pth is not installed in this python's site-packages")
+        env["TBFAST_TRACEBACKER"] = tmp + "/tb."
+        if how == "autostart-lazy-apps":
+            options.append("--lazy-apps")
+    proc = _run_uwsgi(tmp, env, *options)
+    try:
+        dumps = _uwsgi_worker_dumps(proc, tmp + "/tb.")
+        pids = [dump["pid"] for dump in dumps]
+        assert proc.pid not in pids, "the master serves no socket"
+        assert len(set(pids)) == 2
+        for pid in pids:
+            with open("/proc/%d/stat" % pid) as file:
+                assert int(file.read().rsplit(")", 1)[1].split()[1]) == proc.pid
+        assert not os.path.exists(tmp + "/tb.0")
+        if how == "app":  # the hook that was there runs too, after ours
+            deadline = time.monotonic() + 20
+            while not all(os.path.exists(tmp + "/hook.%d" % n) for n in (1, 2)):
+                assert time.monotonic() < deadline, "the app's own post-fork hook never ran"
+                time.sleep(0.02)
+    finally:
+        _stop_uwsgi(proc)
+
+
+BILLIARD_SCRIPT = r'''
+import json, sys
+import billiard
+from tbfast import sockets
+
+def where(_):
+    now = sockets.current()
+    return now.worker_id, now.source, now.pid
+
+if __name__ == "__main__":
+    sockets.enable_tracebacker(sys.argv[1], 0)   # the pool's parent takes 0, as uWSGI's master
+    with billiard.Pool(2) as pool:
+        seen = set()
+        for _ in range(200):
+            seen.update(pool.map(where, range(4), chunksize=1))
+            if len({pid for _, _, pid in seen}) == 2:
+                break
+    print(json.dumps(sorted(seen)))
+'''
+
+
+def test_billiard_children_take_pool_index_plus_one(tmp):
+    pytest.importorskip("billiard")
+    with open(tmp + "/pool.py", "w") as file:
+        file.write(BILLIARD_SCRIPT)
+    result = subprocess.run([sys.executable, tmp + "/pool.py", tmp + "/tb."], env=worker_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert [(worker_id, source) for worker_id, source, _ in seen] == [
+        (1, "billiard"), (2, "billiard")]
+
+
+GUNICORN_APP = r'''
+import os
+from tbfast import sockets
+if os.environ.get("APP_ENABLE"):
+    sockets.enable_tracebacker(os.environ["APP_ENABLE"])
+
+
+def application(environ, start_response):
+    start_response("200 OK", [])
+    return [b"ok"]
+'''
+
+
+def _served_pids(paths, timeout=30, exclude=()):
+    """{path: pid} once every path answers with a pid not in `exclude`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = {}
+        for path in paths:
+            try:
+                pid = json.loads(ask(path, b"json\n", timeout=5))["pid"]
+            except (OSError, ValueError):
+                continue
+            if pid not in exclude:
+                pids[path] = pid
+        if len(pids) == len(paths):
+            return pids
+        assert time.monotonic() < deadline, "not all of %s served: %s" % (paths, pids)
+        time.sleep(0.05)
+
+
+@pytest.mark.servers
+@pytest.mark.parametrize("how", ["app", "autostart"])
+def test_gunicorn_respawned_worker_takes_the_dead_ones_number(tmp, server, how,
+                                                               autostart_python):
+    pytest.importorskip("gunicorn")
+    env = worker_env(server)
+    if how == "app":  # enabled in each worker, which imports the app after fork
+        env["APP_ENABLE"] = tmp + "/tb."
+        paths = [tmp + "/tb.1", tmp + "/tb.2"]
+    else:  # the arbiter serves none; each forked worker its own, from slot 1
+        if autostart_python != sys.executable:
+            pytest.skip("tbfast_autostart.pth is not installed in this python's site-packages")
+        env["TBFAST_TRACEBACKER"] = tmp + "/tb."
+        paths = [tmp + "/tb.1", tmp + "/tb.2"]
+    with open(tmp + "/app.py", "w") as file:
+        file.write(GUNICORN_APP)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", "unix:%s/g.sock" % tmp,
+         "--chdir", tmp, "app:application"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+    try:
+        pids = _served_pids(paths)
+        assert proc.pid not in pids.values() and len(set(pids.values())) == 2
+        os.kill(pids[paths[0]], signal.SIGKILL)  # the arbiter forks a new worker
+        respawned = _served_pids(paths[:1], exclude=set(pids.values()))
+        assert respawned[paths[0]] != pids[paths[0]]
+        assert _served_pids(paths[1:]) == {paths[1]: pids[paths[1]]}
+        assert not os.path.exists(tmp + "/tb.%d" % (len(paths) + 1))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
