@@ -10,6 +10,9 @@ import sysconfig
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+AUTOSTART_PTH = "tbfast_autostart.pth"
 
 
 class OptionalBuildExt(build_ext):
@@ -36,6 +39,22 @@ class OptionalBuildExt(build_ext):
         sys.stderr.write(
             "\n*** tbfast: building the C core failed (%s);\n"
             "*** installing the pure-Python fallback, which needs the GIL to dump.\n\n" % error)
+
+
+class BuildPyWithPth(build_py):
+    """Puts tbfast_autostart.pth at the top of the build, so that it lands in
+    site-packages itself (as pytest-cov does with its .pth): TBFAST_TRACEBACKER
+    then enables the tracebacker in every process, with no code change."""
+
+    def run(self):
+        super().run()
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.copy_file(os.path.join(here, AUTOSTART_PTH),
+                       os.path.join(self.build_lib, AUTOSTART_PTH), preserve_mode=False)
+
+    def get_outputs(self, include_bytecode=True):
+        return super().get_outputs(include_bytecode) + [
+            os.path.join(self.build_lib, AUTOSTART_PTH)]
 
 
 def extensions():
@@ -67,4 +86,5 @@ def extensions():
                      include_path=["src"], quiet=True)
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=extensions(),
+      cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithPth})

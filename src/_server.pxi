@@ -35,7 +35,7 @@ cdef extern from "<errno.h>" nogil:
 
 cdef enum:
     REQUEST_MAX = 64
-    REQUEST_WAIT_MS = 10       # a silent client gets the default dump after this
+    REQUEST_WAIT_MS = 10       # in all: a silent client gets the default dump after this
     SOCKET_WRITE_MS = 2000     # a client that never reads holds the server this long at most
     ACCEPT_BACKOFF_MS = 100    # when out of fds, instead of spinning on accept()
     DRAIN_READS = 16           # of 4 KiB: a client sending more is reset, as it deserves
@@ -61,16 +61,17 @@ cdef bint request_is(const char *request, Py_ssize_t length, const char *name) n
 
 cdef int read_request(int client) noexcept nogil:
     """GIL-free: the format a client asks for, the default when it asks nothing,
-    -1 for anything else.  Bounded: at most REQUEST_MAX bytes, each wait REQUEST_WAIT_MS."""
+    -1 for anything else.  Bounded: at most REQUEST_MAX bytes within REQUEST_WAIT_MS."""
     cdef char request[REQUEST_MAX + 1]
     cdef Py_ssize_t length = 0, got, start = 0
     cdef pollfd waiter
-    cdef int waits
-    for waits in range(REQUEST_MAX + 1):
+    cdef long long deadline = monotonic_ms() + REQUEST_WAIT_MS, left
+    while True:
+        left = deadline - monotonic_ms()
         waiter.fd = client
         waiter.events = POLLIN
         waiter.revents = 0
-        if poll(&waiter, 1, REQUEST_WAIT_MS) <= 0:
+        if left <= 0 or poll(&waiter, 1, <int>left) <= 0:
             break
         got = recv(client, request + length, REQUEST_MAX + 1 - length, MSG_DONTWAIT)
         if got <= 0:
@@ -183,9 +184,11 @@ cdef void after_fork_in_child() noexcept nogil:
 
 
 cdef int server_start(int listen_fd, int default_format, unsigned int owner_uid) except -1:
-    """Starts the server thread on a bound, listening socket it then owns.  GIL held."""
+    """Starts the server thread on a bound, listening socket it then owns, even when
+    it fails (then the fd is closed).  GIL held."""
     cdef int wake[2]
     if pipe2(wake, O_CLOEXEC) != 0:
+        close(listen_fd)
         raise OSError(errno, "tbfast: cannot make the server's wake pipe")
     server.listen_fd = listen_fd
     server.wake_read = wake[0]
@@ -197,6 +200,7 @@ cdef int server_start(int listen_fd, int default_format, unsigned int owner_uid)
     if error:
         close(wake[0])
         close(wake[1])
+        close(listen_fd)
         raise OSError(error, "tbfast: cannot start the server thread")
     server.running = True
     return 0

@@ -159,6 +159,9 @@ def serve_start(int listen_fd, str default_format, unsigned int owner_uid):
     """Serves dumps on a bound, listening UNIX socket (the fd is the server's from
     now on) from a native thread; a server already running is stopped first."""
     server_stop()
+    if default_format not in FORMATS:
+        close(listen_fd)  # the fd is the server's even when it fails
+        raise ValueError("unknown format %r" % (default_format,))
     server_start(listen_fd, FORMATS[default_format], owner_uid)
 
 

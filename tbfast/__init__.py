@@ -168,6 +168,11 @@ def configure(*, buffer_size=None):
         _impl.configure(buffer_size)
 
 
+from .sockets import disable_tracebacker, enable_tracebacker  # noqa: E402 - needs _impl
+
+__all__ += ["enable_tracebacker", "disable_tracebacker"]
+
+
 def _configure_from_environment():
     value = os.environ.get("TBFAST_BUFFER_SIZE")
     try:
