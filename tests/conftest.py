@@ -1,6 +1,8 @@
 import json
+import logging
 import sys
 import threading
+import time
 import traceback
 
 import pytest
@@ -76,3 +78,30 @@ def thread_of(document, ident):
     matches = [thread for thread in document["threads"] if thread["ident"] == ident]
     assert len(matches) == 1, "thread %#x appears %d times" % (ident, len(matches))
     return matches[0]
+
+
+class LogRecords(logging.Handler):
+    """What the `tbfast` logger emitted."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def wait_for(self, count, seconds=10):
+        """The records, once there are `count` of them or `seconds` have passed."""
+        deadline = time.monotonic() + seconds
+        while len(self.records) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.records
+
+
+@pytest.fixture
+def tbfast_log():
+    handler = LogRecords()
+    logger = logging.getLogger("tbfast")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)

@@ -1,28 +1,15 @@
 """ASGI middleware: each request's task is timed, not the loop's thread."""
 
 import asyncio
-import logging
 
 import pytest
 
 from tbfast.asgi import HarakiriMiddleware
 
 
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
 @pytest.fixture
-def records():
-    handler = Records()
-    logging.getLogger("tbfast").addHandler(handler)
-    yield handler.records
-    logging.getLogger("tbfast").removeHandler(handler)
+def records(tbfast_log):
+    return tbfast_log.records
 
 
 async def slow_handler(seconds):

@@ -3,7 +3,6 @@ reported exactly once per expiry, then the action is taken."""
 
 import inspect
 import json
-import logging
 import os
 import random
 import subprocess
@@ -18,28 +17,9 @@ from tbfast import watchdog
 from conftest import needs_core
 
 
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def wait_for(self, count, seconds=10):
-        deadline = time.monotonic() + seconds
-        while len(self.records) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self.records
-
-
 @pytest.fixture
-def records(tmp_path):
-    handler = Records()
-    logger = logging.getLogger("tbfast")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
+def records(tbfast_log):
+    yield tbfast_log
     watchdog.configure(file=False, repeat=10.0)
 
 

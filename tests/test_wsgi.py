@@ -2,7 +2,6 @@
 
 import http.client
 import json
-import logging
 import threading
 import time
 
@@ -13,15 +12,6 @@ from tbfast import watchdog
 from tbfast.wsgi import HarakiriMiddleware
 
 serving = pytest.importorskip("werkzeug.serving")
-
-
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
 
 
 def app(environ, start_response):
@@ -36,18 +26,15 @@ def app(environ, start_response):
 
 
 @pytest.fixture
-def server():
-    records = Records()
-    logging.getLogger("tbfast").addHandler(records)
+def server(tbfast_log):
     watchdog.configure(file=False, repeat=10.0)
     httpd = serving.make_server("127.0.0.1", 0, HarakiriMiddleware(app, timeout=0.3),
                                 threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield httpd.server_port, records
+    yield httpd.server_port, tbfast_log
     httpd.shutdown()
     thread.join(10)
-    logging.getLogger("tbfast").removeHandler(records)
 
 
 def get(port, path, headers=None):
