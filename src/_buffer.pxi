@@ -132,6 +132,13 @@ cdef void dumper_free(Dumper *d) noexcept nogil:
         d.buf = NULL
 
 
+cdef void dumpers_after_fork_in_child() noexcept nogil:
+    # Signal safe: a dump that another thread was taking at fork() is not going on here.
+    cdef int i
+    for i in range(DUMPER_COUNT):
+        dumpers[i].busy = 0
+
+
 cdef Dumper *dumper_acquire() noexcept nogil:
     # Signal safe: a lock-free pick of an idle dumper, or NULL when all are busy.
     cdef int i

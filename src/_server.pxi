@@ -172,15 +172,12 @@ cdef void server_forget(bint close_fds) noexcept nogil:
     server.running = False
 
 
-cdef void after_fork_in_child() noexcept nogil:
-    """In the child of fork(): only the forking thread survives, so no server thread
-    and no dump in progress.  The listening fd is the parent's socket: close it here;
-    the Python layer serves the child's own socket (tbfast/sockets.py)."""
-    cdef int i
+cdef void server_after_fork_in_child() noexcept nogil:
+    """In the child of fork(): the server thread stayed in the parent.  The listening
+    fd is the parent's socket: close it here; the Python layer serves the child's
+    own socket (tbfast/sockets.py)."""
     if server.running:
         server_forget(True)
-    for i in range(DUMPER_COUNT):
-        dumpers[i].busy = 0
 
 
 cdef int server_start(int listen_fd, int default_format, unsigned int owner_uid) except -1:

@@ -170,6 +170,14 @@ def serve_stop():
     return server_stop()
 
 
+cdef void after_fork_in_child() noexcept nogil:
+    """In the child of any fork(), C ones too (uWSGI's run no Python hook): only the
+    forking thread lives on, so each native piece drops what stayed in the parent."""
+    server_after_fork_in_child()
+    watchdog_after_fork_in_child()
+    dumpers_after_fork_in_child()
+
+
 pthread_atfork(NULL, NULL, after_fork_in_child)
 
 ACTIONS = {"log": ACTION_LOG, "raise": ACTION_RAISE, "abort": ACTION_ABORT}

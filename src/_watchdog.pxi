@@ -246,3 +246,21 @@ cdef bint watchdog_stop() noexcept:
         pthread_join(watchdog.thread, NULL)
     watchdog.running = False
     return True
+
+
+cdef void watchdog_after_fork_in_child() noexcept nogil:
+    """In the child of fork(): the watchdog thread stayed in the parent, and so did
+    its pipe to the Python side (tbfast/watchdog.py starts both anew at the next arm
+    or configure); other threads' deadlines belong to threads that are not here.
+    The dump_traceback_later timer is dropped, as faulthandler's is."""
+    cdef unsigned long me = tb_thread_self()
+    cdef int i
+    watchdog.running = False
+    watchdog.stopping = False
+    watchdog.next_wake_ns = NEVER
+    watchdog.notify_fd = -1
+    watchdog.mailboxes_held = 0
+    watchdog.later_deadline_ns = 0
+    for i in range(SLOT_COUNT):
+        if thread_slots[i].ident > DELETED_IDENT and thread_slots[i].ident != me:
+            thread_slots[i].deadline_ns = 0

@@ -33,6 +33,18 @@ class _State:
         self.mailbox_ids = itertools.count()
         self.later = None  # (deadline_ns, interval_ns, fd, exit)
         self.thread = None
+        self.pid = None  # where the thread runs: a forked child has none
+
+
+def _forget_the_parent():
+    """In a forked child (os.fork, or a C fork that runs no Python hook): the thread
+    stayed in the parent, and so did every other thread but this one."""
+    _state.changed = threading.Condition()  # it may have been held at fork
+    _state.thread = None
+    _state.deadlines = {ident: entry for ident, entry in _state.deadlines.items()
+                        if ident == threading.get_ident()}
+    _state.mailboxes.clear()
+    _state.later = None
 
 
 _state = _State()
@@ -46,7 +58,7 @@ class HarakiriScope:
         self.seconds, self.action_name, self.outer, self.ident = seconds, action, None, None
 
     def __enter__(self):
-        if _state.thread is None:
+        if _state.thread is None or _state.pid != os.getpid():
             from .watchdog import ensure_configured
             ensure_configured()
         self.ident = threading.get_ident()
@@ -129,6 +141,8 @@ def _run():
 
 
 def watchdog_configure(dump_fd, fmt, notify_fd, repeat, grace):
+    if _state.thread is not None and _state.pid != os.getpid():
+        _forget_the_parent()
     with _state.changed:
         _state.dump_fd, _state.format, _state.notify_fd = dump_fd, fmt, notify_fd
         _state.repeat_ns = _nanoseconds(repeat, "repeat")
@@ -136,6 +150,7 @@ def watchdog_configure(dump_fd, fmt, notify_fd, repeat, grace):
         if _state.thread is None:
             _state.thread = threading.Thread(target=_run, name="tbfast-watchdog", daemon=True)
             _state.thread.start()
+            _state.pid = os.getpid()
 
 
 def take_mailbox(mailbox):

@@ -43,6 +43,20 @@ class _Watchdog:
         self.reader = None
         self.file = None
         self.later_file = None
+        self.settings = None  # the last configure()'s, for a forked child to start anew
+        self.pid = os.getpid()
+
+    def _forget_the_parent(self):
+        """In a forked child (os.fork, or a C fork such as uWSGI's, which runs no
+        Python hook): the watchdog and reader threads stayed in the parent, and the
+        pipe between them is the parent's.  The core already dropped its side."""
+        self.lock = threading.Lock()  # another thread may have held it at fork
+        if self.reader is not None:
+            for fd in self.reader._args:
+                os.close(fd)
+            self.reader = None
+        self.configured = False
+        self.pid = os.getpid()
 
     def configure(self, file, format, log, repeat, grace):
         tbfast._check_format(format)
@@ -52,6 +66,8 @@ class _Watchdog:
                 raise ValueError("%s must be a %s number of seconds, not %r"
                                  % (name, "positive" if positive else "non-negative", value))
         fd = -1 if file is False else tbfast._fileno(file)
+        if self.pid != os.getpid():
+            self._forget_the_parent()
         with self.lock:
             notify = -1
             if log and self.reader is None:
@@ -64,11 +80,12 @@ class _Watchdog:
                 notify = self.reader._args[1]
             self.file = file  # keeps a file object, so its fd stays open
             _impl().watchdog_configure(fd, format, notify, float(repeat), float(grace))
+            self.settings = (file, format, log, repeat, grace)
             self.configured = True
 
     def ensure_configured(self):
-        if not self.configured:
-            self.configure(None, "text", True, 10.0, 0.0)
+        if not self.configured or self.pid != os.getpid():
+            self.configure(*(self.settings or (None, "text", True, 10.0, 0.0)))
 
 
 _watchdog = _Watchdog()

@@ -186,3 +186,25 @@ def test_dump_traceback_later(tmp_path):
               "time.sleep(10)\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
     assert result.returncode == 1 and b"trigger=timeout" in result.stderr
+
+
+def test_watchdog_started_before_fork_fires_in_the_child():
+    """A prefork server (uWSGI's master, gunicorn --preload) configures before it
+    forks; the workers must still get a watchdog of their own."""
+    script = ("import os, sys, time, tbfast\n"
+              "tbfast.watchdog.configure(file=sys.stdout, log=False)\n"
+              "with tbfast.harakiri(5):\n"
+              "    pass\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n"
+              "    with tbfast.harakiri(0.2):\n"
+              "        time.sleep(0.6)  # stuck in the child\n"
+              "    sys.stdout.flush()\n"
+              "    os._exit(0)\n"
+              "os.waitpid(pid, 0)\n"
+              "print('parent', os.getpid())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
+    dumps = result.stdout.decode().split("tbfast dump: ")[1:]
+    parent = int(result.stdout.split(b"parent ")[1])
+    assert len(dumps) == 1 and "trigger=harakiri" in dumps[0]
+    assert "pid=%d " % parent not in dumps[0] and 'line 8 in <module>' in dumps[0]
