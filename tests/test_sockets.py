@@ -903,6 +903,13 @@ def _served_pids(paths, timeout=30, exclude=()):
         time.sleep(0.05)
 
 
+def gunicorn_quiet_options():
+    """gunicorn >= 25 opens ~/.gunicorn/gunicorn.ctl unless told not to."""
+    help_text = subprocess.run([sys.executable, "-m", "gunicorn", "--help"],
+                               capture_output=True, text=True, timeout=30).stdout
+    return ["--no-control-socket"] if "--no-control-socket" in help_text else []
+
+
 @pytest.mark.servers
 @pytest.mark.parametrize("how", ["app", "autostart"])
 def test_gunicorn_respawned_worker_takes_the_dead_ones_number(tmp, server, how,
@@ -921,7 +928,7 @@ def test_gunicorn_respawned_worker_takes_the_dead_ones_number(tmp, server, how,
         file.write(GUNICORN_APP)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", "unix:%s/g.sock" % tmp,
-         "--chdir", tmp, "app:application"],
+         "--chdir", tmp, *gunicorn_quiet_options(), "app:application"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
     try:
         pids = _served_pids(paths)
