@@ -91,13 +91,14 @@ cdef Dumper dumpers[DUMPER_COUNT]
 
 
 cdef Py_ssize_t dumper_size(Py_ssize_t buffer_size) noexcept nogil:
+    # Setup only (GIL held): the bytes one dumper maps.
     return (buffer_size + TAIL_RESERVE + FRAME_CACHE_SIZE * sizeof(FrameCacheEntry) + ARENA_SIZE
             + SCRATCH_SIZE + SOURCE_CACHE_SIZE * sizeof(SourceEntry) + SOURCE_ARENA_SIZE
             + MAX_RECORDED_FRAMES * sizeof(RecordedFrame) + PATH_BYTES + STRING_BYTES)
 
 
 cdef int dumper_allocate(Dumper *d, Py_ssize_t buffer_size) noexcept nogil:
-    """Maps one dumper's memory; untouched pages cost nothing. Called with the GIL, at setup."""
+    """Maps one dumper's memory; untouched pages cost nothing.  Setup only: GIL held."""
     cdef Py_ssize_t size = dumper_size(buffer_size)
     cdef char *memory = <char *>mmap(NULL, size, PROT_READ | PROT_WRITE,
                                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
@@ -127,6 +128,7 @@ cdef int dumper_allocate(Dumper *d, Py_ssize_t buffer_size) noexcept nogil:
 
 
 cdef void dumper_free(Dumper *d) noexcept nogil:
+    # Setup only (GIL held), on a dumper no dump is using.
     if d.buf != NULL:
         munmap(d.buf, d.mapped_size)
         d.buf = NULL

@@ -47,6 +47,7 @@ cdef void request_init(DumpRequest *request, PyInterpreterState *interp, const c
 # ---------------------------------------------------------------- source lines
 
 cdef bint is_space(char c) noexcept nogil:
+    # Signal safe.
     return c == b' ' or c == b'\t' or c == b'\n' or c == b'\r' or c == b'\f' or c == b'\v'
 
 

@@ -137,7 +137,7 @@ cdef void close_client(int client) noexcept nogil:
 
 
 cdef void *serve_loop(void *unused) noexcept nogil:
-    """The server thread: clients one at a time, each in bounded time, until woken."""
+    """GIL-free: the server thread, clients one at a time, each in bounded time, until woken."""
     cdef sigset_t every_signal
     cdef pollfd waiters[2]
     cdef int client
@@ -173,7 +173,7 @@ cdef void server_forget(bint close_fds) noexcept nogil:
 
 
 cdef void server_after_fork_in_child() noexcept nogil:
-    """In the child of fork(): the server thread stayed in the parent.  The listening
+    """Signal safe: in the child of fork(), the server thread stayed in the parent.  The listening
     fd is the parent's socket: close it here; the Python layer serves the child's
     own socket (tbfast/sockets.py)."""
     if server.running:

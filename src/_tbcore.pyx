@@ -171,7 +171,7 @@ def serve_stop():
 
 
 cdef void after_fork_in_child() noexcept nogil:
-    """In the child of any fork(), C ones too (uWSGI's run no Python hook): only the
+    """Signal safe: in the child of any fork(), C ones too (uWSGI's run no Python hook): only the
     forking thread lives on, so each native piece drops what stayed in the parent."""
     server_after_fork_in_child()
     watchdog_after_fork_in_child()

@@ -196,7 +196,7 @@ cdef long long check_later(long long now) noexcept nogil:
 
 
 cdef void *watchdog_loop(void *unused) noexcept nogil:
-    """The watchdog thread: scan, publish the next wake-up, sleep until it or an arm."""
+    """GIL-free: the watchdog thread; scan, publish the next wake-up, sleep until it or an arm."""
     cdef sigset_t every_signal
     cdef unsigned int seen
     cdef long long now, nearest, due
@@ -249,7 +249,7 @@ cdef bint watchdog_stop() noexcept:
 
 
 cdef void watchdog_after_fork_in_child() noexcept nogil:
-    """In the child of fork(): the watchdog thread stayed in the parent, and so did
+    """Signal safe: in the child of fork(), the watchdog thread stayed in the parent, and so did
     its pipe to the Python side (tbfast/watchdog.py starts both anew at the next arm
     or configure); other threads' deadlines belong to threads that are not here.
     The dump_traceback_later timer is dropped, as faulthandler's is."""
