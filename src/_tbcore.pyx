@@ -130,10 +130,6 @@ def sweep_threads(live):
             slot_delete(&thread_slots[i])
 
 
-def slots_in_use():
-    return slots_live
-
-
 def set_context(text):
     """The calling thread's context line; None clears it."""
     cdef ThreadSlot *slot = slot_claim(PyThread_get_thread_ident())
@@ -224,6 +220,7 @@ cdef class HarakiriScope:
         if not watchdog.running:
             from tbfast.watchdog import ensure_configured
             ensure_configured()
+            watchdog_start()  # configured earlier, then shut down: the same settings
         self.ident = PyThread_get_thread_ident()
         cdef ThreadSlot *slot = slot_claim(self.ident)
         if slot == NULL:
