@@ -519,7 +519,6 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
     """Signal safe: the whole dump into d.buf[d.start:d.length], in one walk: each
     thread's frames are read once, and the header, which counts the threads, is
     written last into the room kept in front of the body."""
-    cdef PyThreadState *tstate
     cdef PyThreadState *main = NULL
     cdef PyThreadState *holder = tb_gil_holder(request.interp)
     cdef long threads = 0, walked = 0
@@ -528,29 +527,30 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
     tb_fault_guard_ensure()
     # The main thread goes first, so a full buffer never drops it; finding it
     # reads only each thread state's ident.
-    tstate = tb_first_thread(request.interp)
-    while tstate != NULL and walked < MAX_THREADS_WALKED:
-        if tb_thread_ident(tstate) == main_thread_ident:
-            main = tstate
+    cdef StepJob step
+    step.tstate = tb_first_thread(request.interp)
+    while step.tstate != NULL and walked < MAX_THREADS_WALKED and guarded_step(d, &step):
+        if step.ident == main_thread_ident:
+            main = step.tstate
             break
-        tstate = tb_next_thread(tstate)
+        step.tstate = step.following
         walked += 1
-    if main != NULL and wanted(main, request):
+    if main != NULL and wanted(main_thread_ident, request):
         threads += guarded_dump_thread(d, main, request, holder)
-    tstate = tb_first_thread(request.interp)
+    step.tstate = tb_first_thread(request.interp)
     walked = 0
-    while tstate != NULL and walked < MAX_THREADS_WALKED:
-        if tstate != main and wanted(tstate, request):
-            threads += guarded_dump_thread(d, tstate, request, holder)
-        tstate = tb_next_thread(tstate)
+    while step.tstate != NULL and walked < MAX_THREADS_WALKED and guarded_step(d, &step):
+        if step.tstate != main and wanted(step.ident, request):
+            threads += guarded_dump_thread(d, step.tstate, request, holder)
+        step.tstate = step.following
         walked += 1
     emit_end(d)
     emit_header(d, request, threads, started)
 
 
-cdef inline bint wanted(PyThreadState *tstate, DumpRequest *request) noexcept nogil:
+cdef inline bint wanted(unsigned long ident, DumpRequest *request) noexcept nogil:
     # Signal safe.
-    return request.all_threads or tb_thread_ident(tstate) == request.current_ident
+    return request.all_threads or ident == request.current_ident
 
 
 cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec started) noexcept nogil:

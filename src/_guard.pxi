@@ -95,6 +95,46 @@ cdef extern from *:
     int tb_guarded_call(int index, tb_guarded_fn fn, void *argument) nogil
 
 
+from posix.signal cimport sigset_t, sigfillset, sigdelset, SIG_BLOCK
+
+cdef extern from "<signal.h>" nogil:
+    enum: SIGSEGV, SIGBUS, SIGILL, SIGFPE
+    int pthread_sigmask(int how, const sigset_t *mask, sigset_t *old)
+
+
+cdef void block_async_signals() noexcept nogil:
+    """Signal safe: for tbfast's own threads, which run no Python, every signal goes to
+    Python's threads; all but the faults, which must reach the guard: a fault signal
+    that arrives blocked kills the process, whatever its handler."""
+    cdef sigset_t mask
+    sigfillset(&mask)
+    sigdelset(&mask, SIGSEGV)
+    sigdelset(&mask, SIGBUS)
+    sigdelset(&mask, SIGILL)
+    sigdelset(&mask, SIGFPE)
+    pthread_sigmask(SIG_BLOCK, &mask, NULL)
+
+
+cdef struct StepJob:
+    PyThreadState *tstate
+    PyThreadState *following
+    unsigned long ident
+
+
+cdef void step_job(void *argument) noexcept nogil:
+    # Signal safe: reads a thread state's ident and its successor in the list.
+    cdef StepJob *job = <StepJob *>argument
+    job.ident = tb_thread_ident(job.tstate)
+    job.following = tb_next_thread(job.tstate)
+
+
+cdef bint guarded_step(Dumper *d, StepJob *job) noexcept nogil:
+    """Signal safe: the ident and successor of job.tstate, read under the guard: a
+    thread that exits frees its state while the walk may be on it.  False if the
+    state could not be read (the walk ends there)."""
+    return tb_guarded_call(d - dumpers, step_job, job) == 0
+
+
 cdef struct ThreadJob:
     Dumper *d
     PyThreadState *tstate

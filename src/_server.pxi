@@ -8,7 +8,6 @@
 # --connect-and-read works unchanged.
 
 from posix.unistd cimport pipe
-from posix.signal cimport sigset_t, sigfillset, SIG_BLOCK
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
@@ -26,7 +25,6 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_create(pthread_t *thread, void *attributes, void *(*run)(void *) noexcept nogil,
                        void *argument)
     int pthread_join(pthread_t thread, void **result)
-    int pthread_sigmask(int how, const sigset_t *mask, sigset_t *old)
     int pthread_atfork(void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil,
                        void (*child)() noexcept nogil)
 
@@ -138,11 +136,9 @@ cdef void close_client(int client) noexcept nogil:
 
 cdef void *serve_loop(void *unused) noexcept nogil:
     """GIL-free: the server thread, clients one at a time, each in bounded time, until woken."""
-    cdef sigset_t every_signal
     cdef pollfd waiters[2]
     cdef int client
-    sigfillset(&every_signal)
-    pthread_sigmask(SIG_BLOCK, &every_signal, NULL)  # signals are for Python's threads
+    block_async_signals()
     while True:
         waiters[0].fd = server.listen_fd
         waiters[0].events = POLLIN

@@ -197,12 +197,10 @@ cdef long long check_later(long long now) noexcept nogil:
 
 cdef void *watchdog_loop(void *unused) noexcept nogil:
     """GIL-free: the watchdog thread; scan, publish the next wake-up, sleep until it or an arm."""
-    cdef sigset_t every_signal
     cdef unsigned int seen
     cdef long long now, nearest, due
     cdef int i
-    sigfillset(&every_signal)
-    pthread_sigmask(SIG_BLOCK, &every_signal, NULL)  # signals are for Python's threads
+    block_async_signals()
     while not watchdog.stopping:
         seen = tb_load_uint(&watchdog.wake_word)
         now = monotonic_ns()

@@ -58,3 +58,69 @@ def test_poisoned_frame_is_marked_unreadable_and_the_dump_goes_on():
     poisoned = [t for t in restored["threads"] if t["name"] == "poisoned"][0]
     assert "<unreadable frame>" not in json.dumps(poisoned)
     assert [frame["function"] for frame in poisoned["frames"]].count("deep_recursion") == 21
+
+
+# Threads start and exit as fast as they can while another process (or a signal)
+# asks for dumps: an exiting thread frees its state under the GIL-free walk.
+CHURN_WORKER = r"""
+import os, signal, socket, subprocess, sys, threading, time
+import tbfast
+how, dumps = sys.argv[1], int(sys.argv[2])
+stop = threading.Event()
+
+def churn():
+    while not stop.is_set():
+        thread = threading.Thread(target=lambda: None)
+        thread.start()
+        thread.join()
+
+churners = [threading.Thread(target=churn) for _ in range(4)]
+for thread in churners:
+    thread.start()
+well_formed = 0
+if how == "socket":
+    path = tbfast.enable_tracebacker(sys.argv[3], worker_id=1)
+    reader = subprocess.run([sys.executable, "-c", '''
+import socket, sys
+good = 0
+for _ in range(int(sys.argv[2])):
+    client = socket.socket(socket.AF_UNIX)
+    client.settimeout(10)
+    client.connect(sys.argv[1])
+    client.shutdown(socket.SHUT_WR)
+    data = b""
+    while True:
+        chunk = client.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    client.close()
+    good += data.startswith(b"tbfast dump: ") and data.endswith(b"\\n\\n")
+print(good)
+''', path, str(dumps)], capture_output=True, timeout=120)
+    well_formed = int(reader.stdout)
+else:
+    read_end, write_end = os.pipe()
+    tbfast.register(signal.SIGUSR1, write_end)
+    for _ in range(dumps):
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+        data = os.read(read_end, 1 << 20)
+        while not data.endswith(b"\n\n"):
+            data += os.read(read_end, 1 << 20)
+        well_formed += data.startswith(b"tbfast dump: ")
+stop.set()
+for thread in churners:
+    thread.join()
+print(well_formed)
+"""
+
+
+@needs_core
+@pytest.mark.parametrize("how", ["socket", "signal"])
+def test_dumps_while_threads_start_and_exit(how, tmp_path):
+    dumps = 1000
+    result = subprocess.run(
+        [sys.executable, "-c", CHURN_WORKER, how, str(dumps), str(tmp_path / "tb.")],
+        capture_output=True, timeout=180)
+    assert result.returncode == 0, "the worker died (%d): %s" % (result.returncode, result.stderr[-2000:])
+    assert int(result.stdout) == dumps
