@@ -95,10 +95,14 @@ for _ in range(int(sys.argv[2])):
             break
         data += chunk
     client.close()
-    good += data.startswith(b"tbfast dump: ") and data.endswith(b"\\n\\n")
+    if data.startswith(b"tbfast dump: ") and data.endswith(b"\\n\\n"):
+        good += 1
+    else:
+        sys.stderr.write("malformed dump: %r\\n" % data[-400:])
 print(good)
 ''', path, str(dumps)], capture_output=True, timeout=120)
     well_formed = int(reader.stdout)
+    sys.stderr.write(reader.stderr.decode())
 else:
     read_end, write_end = os.pipe()
     tbfast.register(signal.SIGUSR1, write_end)
@@ -123,4 +127,4 @@ def test_dumps_while_threads_start_and_exit(how, tmp_path):
         [sys.executable, "-c", CHURN_WORKER, how, str(dumps), str(tmp_path / "tb.")],
         capture_output=True, timeout=180)
     assert result.returncode == 0, "the worker died (%d): %s" % (result.returncode, result.stderr[-2000:])
-    assert int(result.stdout) == dumps
+    assert int(result.stdout) == dumps, result.stderr.decode()[-3000:]
