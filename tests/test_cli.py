@@ -13,6 +13,7 @@ import pytest
 
 import tbfast
 from tbfast import cli
+from conftest import needs_core
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_sockets as shared  # noqa: E402 - the workers and fixtures of the socket tests
@@ -198,3 +199,20 @@ def test_abstract_socket(spawn):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("==> %s <==\n" % worker.path)
     assert json.loads(result.stdout.split("\n", 1)[1])["pid"] == worker.pid
+
+
+@needs_core
+def test_answers_within_a_second_while_the_gil_is_held(spawn, tmp, script):
+    """The worker's main thread keeps the GIL in a C call for 3 s; the command, given
+    one second in all, still prints the stuck frame, marked as the GIL holder."""
+    worker = spawn({"basename": tmp + "/tb."})
+    worker.send("hold 3")
+    holding = worker.read()
+    time.sleep(0.3)  # into the C call
+    result = run("connect-and-read", "--timeout", "1", worker.path, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert ('  File "%s", line %d in hold_the_gil\n    sleep(seconds)\n'
+            % (script, holding["line"])) in result.stdout
+    assert re.search(r'^Thread 0x[0-9a-f]+ \(name "MainThread", native id \d+, holds the GIL\)',
+                     result.stdout, re.M)
+    assert worker.read()["held"] is True
