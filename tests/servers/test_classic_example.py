@@ -3,7 +3,6 @@
 show the busy threads in the slow call chain at the lines of the source."""
 
 import glob
-import http.client
 import inspect
 import json
 import os
@@ -17,6 +16,7 @@ import threading
 import time
 
 import pytest
+from serverkit import UnixHTTPConnection
 
 pytestmark = pytest.mark.servers
 
@@ -39,20 +39,9 @@ SLOW_CHAIN = [("dormi", call_line(slow.dormi, "time.sleep(60)")),
               ("application", call_line(slow.application, "dormi5()"))]
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=90)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
 def send_slow_request(http_socket):
     try:
-        UnixHTTPConnection(http_socket).request("GET", "/")
+        UnixHTTPConnection(http_socket, 90).request("GET", "/")
     except OSError:
         pass
 

@@ -1,8 +1,6 @@
 """The peer check of issue 3: on one app with one request stuck holding the GIL,
 tbfast's socket answers and uWSGI's own --py-tracebacker does not."""
 
-import http.client
-import inspect
 import os
 import shutil
 import signal
@@ -15,6 +13,7 @@ import threading
 import time
 
 import pytest
+from serverkit import UnixHTTPConnection
 
 pytestmark = pytest.mark.servers
 
@@ -33,17 +32,6 @@ APP = textwrap.dedent("""
             backtrack()
         return [b"ok"]
 """)
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=60)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
 
 
 def read_socket(path, seconds):
@@ -90,7 +78,7 @@ def test_uwsgi_tracebacker_hangs_where_tbfast_answers():
     try:
         wait_for([http_socket, theirs + "1", ours + "1"], 30)
         assert b"uWSGI Python tracebacker" in read_socket(theirs + "1", 5)[0]  # it works, GIL free
-        threading.Thread(target=lambda: UnixHTTPConnection(http_socket).request("GET", "/regex"),
+        threading.Thread(target=lambda: UnixHTTPConnection(http_socket, 60).request("GET", "/regex"),
                          daemon=True).start()
         time.sleep(1.0)  # into the regex engine, GIL held
         started = time.monotonic()
