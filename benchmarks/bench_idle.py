@@ -98,7 +98,7 @@ def child(mode, directory):
                 time.sleep(0.005)
             app = wrapped if enabled else hello_app
         served = app if what == "wsgi-harakiri" else hello_app
-        run = cpu_loop if what == "cpu" else (lambda count: serve_requests(served, count))
+        run = cpu_loop if what == "cpu" else (lambda count, app=served: serve_requests(app, count))
         started, cpu = time.perf_counter_ns(), time.process_time_ns()
         run(int(n))
         print(time.perf_counter_ns() - started, time.process_time_ns() - cpu, flush=True)

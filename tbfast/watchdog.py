@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import struct
-import sys
 import threading
 
 import tbfast

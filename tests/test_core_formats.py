@@ -14,7 +14,7 @@ import pytest
 import tbfast
 import shapes
 from tbfast import _fallback, _limits
-from conftest import needs_core, thread_of
+from conftest import needs_core
 
 
 def body(dump):
