@@ -194,7 +194,7 @@ cdef class HarakiriScope:
     "raise" or "abort".  One scope object is entered by one thread at a time."""
     cdef long long timeout_ns, outer_deadline, outer_armed
     cdef int action, outer_action
-    cdef unsigned long ident
+    cdef ThreadSlot *slot  # slots never move (dead threads' are tombstoned in place)
     cdef readonly double seconds
     cdef readonly str action_name
 
@@ -221,29 +221,29 @@ cdef class HarakiriScope:
             from tbfast.watchdog import ensure_configured
             ensure_configured()
             watchdog_start()  # configured earlier, then shut down: the same settings
-        self.ident = PyThread_get_thread_ident()
-        cdef ThreadSlot *slot = slot_claim(self.ident)
+        cdef ThreadSlot *slot = slot_claim(PyThread_get_thread_ident())
         if slot == NULL:
             raise RuntimeError("tbfast: the thread table is full")
+        self.slot = slot
         self.outer_deadline = slot.deadline_ns
         self.outer_armed = slot.armed_ns
         self.outer_action = slot.action
         cdef long long now = monotonic_ns(), deadline = now + self.timeout_ns
         slot.action = self.action
         slot.armed_ns = now
-        tb_bump(&slot.arm_seq)  # before the deadline: see check_slot
+        slot.arm_seq += 1  # only this thread writes it; the release store below orders it
         tb_store_ll(&slot.deadline_ns, deadline)
         watchdog_wake_if_later_than(deadline)
         return self
 
     def __exit__(self, exc_type, exc_value, traceback):
-        cdef ThreadSlot *slot = slot_find(self.ident)
+        cdef ThreadSlot *slot = self.slot
         if slot != NULL:
             tb_store_ll(&slot.deadline_ns, 0)
             if self.outer_deadline:  # the outer scope's deadline is armed again, and reported anew
                 slot.action = self.outer_action
                 slot.armed_ns = self.outer_armed
-                tb_bump(&slot.arm_seq)
+                slot.arm_seq += 1
                 tb_store_ll(&slot.deadline_ns, self.outer_deadline)
                 watchdog_wake_if_later_than(self.outer_deadline)
         return False
