@@ -21,12 +21,13 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+
+from measure import Timings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -67,24 +68,13 @@ with ParkedThreads(64, 64):
 
 
 @dataclass
-class Series:
+class Series(Timings):
     name: str
     times_ns: list = field(default_factory=list)
     bytes: int = 0
     frames: int = 0
     error: str = ""
     failures: dict = field(default_factory=dict)  # error -> reads that failed so (not timed)
-
-    @property
-    def median(self):
-        return statistics.median(self.times_ns)
-
-    @property
-    def p10_p90(self):
-        if len(self.times_ns) < 2:
-            return self.times_ns[0], self.times_ns[0]
-        cut = statistics.quantiles(self.times_ns, n=10, method="inclusive")
-        return cut[0], cut[-1]
 
 
 def read_socket(path, until=None, timeout=10.0):

@@ -30,8 +30,23 @@ class Plan:
         return self.headline_seconds_per_tool if cell_is_headline else self.seconds_per_tool
 
 
+class Timings:
+    """The median and p10-p90 of a series' `times_ns`."""
+
+    @property
+    def median(self):
+        return statistics.median(self.times_ns)
+
+    @property
+    def p10_p90(self):
+        if len(self.times_ns) < 2:
+            return self.times_ns[0], self.times_ns[0]
+        deciles = statistics.quantiles(self.times_ns, n=10, method="inclusive")
+        return deciles[0], deciles[-1]
+
+
 @dataclass
-class Series:
+class Series(Timings):
     """The dumps of one tool into one sink, in one cell."""
 
     tool: str
@@ -47,17 +62,6 @@ class Series:
         if self.bytes_received is None:
             return None
         return self.bytes_received / self.dumps_sent
-
-    @property
-    def median(self):
-        return statistics.median(self.times_ns)
-
-    @property
-    def p10_p90(self):
-        if len(self.times_ns) < 2:
-            return self.times_ns[0], self.times_ns[0]
-        deciles = statistics.quantiles(self.times_ns, n=10, method="inclusive")
-        return deciles[0], deciles[-1]
 
 
 @dataclass
