@@ -11,6 +11,7 @@ import signal as _signal
 import sys
 
 from . import _limits
+from ._limits import FORMATS, check_format as _check_format
 
 __all__ = [
     "HAS_CORE", "MODE", "FORMATS", "dump_traceback", "format_traceback", "register",
@@ -19,7 +20,6 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-FORMATS = ("text", "uwsgi", "json")
 MIN_BUFFER_SIZE = 4096
 
 _impl = None
@@ -43,11 +43,6 @@ if HAS_CORE:
 
 from .watchdog import (  # noqa: E402 - needs _impl
     HarakiriError, cancel_dump_traceback_later, dump_traceback_later, harakiri)
-
-
-def _check_format(format):
-    if format not in FORMATS:
-        raise ValueError("unknown format %r: use one of %s" % (format, ", ".join(FORMATS)))
 
 
 def _fileno(file):

@@ -30,8 +30,9 @@ import struct
 import threading
 import time
 
+from ._limits import FORMATS, check_format
+
 MODE = "python"
-FORMATS = ("text", "uwsgi", "json")
 REQUEST_WAIT = 0.010
 REQUEST_LIMIT = 64
 SEND_TIMEOUT = 2.0
@@ -203,9 +204,11 @@ def serve_start(listen_fd, default_format, owner_uid):
     """Serves dumps on the bound, listening UNIX socket `listen_fd`, which it now
     owns: it closes it when it raises, too.  A server already running is stopped."""
     global _server
-    if default_format not in FORMATS:
+    try:
+        check_format(default_format)
+    except ValueError:
         os.close(listen_fd)
-        raise ValueError("unknown format %r: use one of %s" % (default_format, ", ".join(FORMATS)))
+        raise
     if _server is not None:
         serve_stop()
     server = _Server(listen_fd, default_format, owner_uid)

@@ -1,7 +1,7 @@
-"""Bounds shared by the C core and the pure-Python fallback.
+"""Constants shared by every layer: the formats, and the bounds of the dumps.
 
-The core reads these at import into its preallocated state, so both
-implementations cut strings at the same place.
+The core reads the bounds at import into its preallocated state, so it and the
+pure-Python fallback cut strings at the same place.
 """
 
 FILENAME_LIMIT = 500   # bytes of UTF-8, as faulthandler's MAX_STRING_LENGTH
@@ -10,6 +10,14 @@ SOURCE_LIMIT = 500
 NAME_LIMIT = 200
 CONTEXT_LIMIT = 500
 RECURSIVE_CUTOFF = 3   # as traceback.StackSummary: 3 identical lines, then a count
+
+FORMATS = ("text", "uwsgi", "json")  # what every layer writes and accepts
+
+
+def check_format(format):
+    if format not in FORMATS:
+        raise ValueError("unknown format %r: use one of %s" % (format, ", ".join(FORMATS)))
+
 
 # The default buffer holds 100 threads x 100 frames of about 200 bytes each.
 DEFAULT_BUFFER_SIZE = 2 * 1024 * 1024

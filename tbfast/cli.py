@@ -16,8 +16,8 @@ import sys
 import time
 
 from . import __version__
+from ._limits import FORMATS
 
-FORMATS = ("text", "uwsgi", "json")
 DEFAULT_TIMEOUT = 5.0
 SERVER_THREAD = "tbfast-tracebacker"  # the fallback server's own thread: not a worker's
 _READ_SIZE = 65536

@@ -23,13 +23,13 @@ import sys
 import threading
 
 from . import _fallback_server, _impl
+from ._limits import check_format
 
 # The one place the server is chosen.
 _server = _impl if getattr(_impl, "serve_start", None) is not None else _fallback_server
 #: "core" for the core's native server thread, "python" for the fallback's.
 SERVER = "core" if _server is _impl else "python"
 
-FORMATS = ("text", "uwsgi", "json")
 #: sun_path holds 108 bytes on Linux: a path of 107 and its NUL.
 UNIX_PATH_MAX = 108
 #: Slots tried when no worker number is known.
@@ -94,8 +94,7 @@ def enable_tracebacker(basename, worker_id=None, *, mode=0o600, format="text"):
             raise ValueError("worker_id must be >= 0, not %d" % worker_id)
     if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
         raise ValueError("mode must be an int in 0..0o777, not %r" % (mode,))
-    if format not in FORMATS:
-        raise ValueError("unknown format %r: use one of %s" % (format, ", ".join(FORMATS)))
+    check_format(format)
     _check_path(basename + str(worker_id if worker_id is not None else 1))
     with _guard():
         _install_hooks()
