@@ -13,15 +13,12 @@ respawns it.  Nested scopes: the innermost deadline is the one armed, and the
 outer one comes back when it exits.
 """
 
-import logging
 import math
 import os
 import struct
 import threading
 
 import tbfast
-
-logger = logging.getLogger("tbfast")
 
 _RECORD = struct.Struct("=4Q")  # ident, nanoseconds stuck, kind (0 log, 1 raise), mailbox + 1
 _KIND_RAISE = 1
@@ -126,6 +123,8 @@ def cancel_dump_traceback_later():
 
 def _read_expiries(read_end, write_end):
     """The Python side: runs whenever Python can, logs and raises what the watchdog saw."""
+    import logging  # here, not at import: it costs every worker's start-up ~10 ms
+    logger = logging.getLogger("tbfast")
     impl = _impl()
     while True:
         record = os.read(read_end, _RECORD.size)
