@@ -69,7 +69,12 @@ class _Watchdog:
             if log and self.reader is None:
                 read_end, notify = os.pipe2(os.O_CLOEXEC)
                 os.set_blocking(notify, False)  # the watchdog never waits on Python
+                # Imported here, in the caller, not at import (10 ms of every worker's
+                # start-up) nor in the reader: a fork while a thread imports leaves
+                # the child's import lock held by a thread it does not have.
+                import logging
                 self.reader = threading.Thread(target=_read_expiries, args=(read_end, notify),
+                                               kwargs={"logger": logging.getLogger("tbfast")},
                                                name="tbfast-watchdog-log", daemon=True)
                 self.reader.start()
             elif log:
@@ -121,10 +126,8 @@ def cancel_dump_traceback_later():
     _impl().cancel_dump_later()
 
 
-def _read_expiries(read_end, write_end):
+def _read_expiries(read_end, write_end, logger):
     """The Python side: runs whenever Python can, logs and raises what the watchdog saw."""
-    import logging  # here, not at import: it costs every worker's start-up ~10 ms
-    logger = logging.getLogger("tbfast")
     impl = _impl()
     while True:
         record = os.read(read_end, _RECORD.size)
