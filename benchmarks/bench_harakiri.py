@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 
 import tbfast
 
-VARIANTS = ("tbfast.harakiri", "faulthandler", "setitimer", "empty loop")
+VARIANTS = ("tbfast.harakiri", "tbfast scope made once", "faulthandler", "setitimer", "empty loop")
+TBFAST_VARIANTS = VARIANTS[:2]
 LABELS = {
     "tbfast.harakiri": "`with tbfast.harakiri(30): pass`",
+    "tbfast scope made once": "`with scope: pass`, `scope = tbfast.harakiri(30)` made before the loop",
     "faulthandler": "`faulthandler.dump_traceback_later(30); faulthandler.cancel_dump_traceback_later()`",
     "setitimer": "`signal.setitimer(ITIMER_REAL, 30); signal.setitimer(ITIMER_REAL, 0)`",
     "empty loop": "`for _ in range(n): pass`",
@@ -33,6 +35,13 @@ def _tbfast(n):
     harakiri = tbfast.harakiri
     for _ in range(n):
         with harakiri(30):
+            pass
+
+
+def _tbfast_made_once(n):
+    scope = tbfast.harakiri(30)
+    for _ in range(n):
+        with scope:
             pass
 
 
@@ -55,7 +64,8 @@ def _empty(n):
         pass
 
 
-LOOPS = {"tbfast.harakiri": _tbfast, "faulthandler": _faulthandler,
+LOOPS = {"tbfast.harakiri": _tbfast, "tbfast scope made once": _tbfast_made_once,
+         "faulthandler": _faulthandler,
          "setitimer": _setitimer, "empty loop": _empty}
 
 

@@ -53,6 +53,7 @@ cdef struct SourceEntry:
 
 
 cdef struct RecordedFrame:
+    tb_frame *frame              # for its locals, when the dump shows them
     PyCodeObject *code
     int lasti
 
@@ -78,6 +79,7 @@ cdef struct Dumper:
     char *string
     long dropped_frames
     long dropped_threads
+    bint locals                  # this dump shows each frame's locals
     Py_ssize_t mapped_size
     # the thread being dumped, for the fault guard (_guard.pxi)
     Py_ssize_t recorded          # frames in d.frames

@@ -29,6 +29,9 @@ cdef struct DumpRequest:
     bint gil_held            # by the dumping thread: the walk is exact
     unsigned long stuck_ident  # harakiri: the thread whose deadline passed, 0 for none
     long long stuck_ns         # and since when it is armed
+    int gil_wait_ms            # a socket dump that waited this long for the GIL in vain; -1: none
+    bint locals                # each frame's locals too (text and json)
+    unsigned long excluded_ident  # a thread left out (the consistent thread's own), 0 for none
 
 
 cdef void request_init(DumpRequest *request, PyInterpreterState *interp, const char *trigger,
@@ -42,6 +45,9 @@ cdef void request_init(DumpRequest *request, PyInterpreterState *interp, const c
     request.gil_held = gil_held
     request.stuck_ident = 0
     request.stuck_ns = 0
+    request.gil_wait_ms = -1
+    request.locals = False
+    request.excluded_ident = 0
 
 
 # ---------------------------------------------------------------- source lines
@@ -279,6 +285,7 @@ cdef void record_frames(Dumper *d, PyThreadState *tstate, int skip) noexcept nog
                 skip -= 1
             else:
                 if d.recorded < MAX_RECORDED_FRAMES:
+                    d.frames[d.recorded].frame = frame
                     d.frames[d.recorded].code = code
                     d.frames[d.recorded].lasti = tb_frame_lasti_bytes(frame, code)
                     d.recorded += 1
@@ -451,6 +458,8 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
             count += 1
             if count <= recursive_cutoff:
                 emit_frame(d, entry)
+                if d.locals:
+                    emit_locals(d, d.frames[i].frame, entry.code)
                 represented += 1
         elif d.format == FORMAT_UWSGI:
             emit_str(d, b"thread_id = ")
@@ -460,6 +469,11 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
             if i:
                 emit_str(d, b",")
             emit_frame(d, entry)
+            if d.locals and not d.full:
+                d.length -= 1  # reopens the frame's object, which its cached text closes
+                emit_str(d, b',"locals":{')
+                emit_locals(d, d.frames[i].frame, entry.code)
+                emit_str(d, b"}}")
         if d.full:
             d.length = mark
             break
@@ -524,6 +538,7 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
     cdef long threads = 0, walked = 0
     cdef timespec started
     clock_gettime(CLOCK_REALTIME, &started)
+    d.locals = request.locals and d.format != FORMAT_UWSGI
     tb_fault_guard_ensure()
     # The main thread goes first, so a full buffer never drops it; finding it
     # reads only each thread state's ident.
@@ -545,16 +560,18 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
         step.tstate = step.following
         walked += 1
     emit_end(d)
-    emit_header(d, request, threads, started)
+    emit_header(d, request, threads, started, holder)
 
 
 cdef inline bint wanted(unsigned long ident, DumpRequest *request) noexcept nogil:
     # Signal safe.
-    return request.all_threads or ident == request.current_ident
+    return (request.all_threads or ident == request.current_ident) and ident != request.excluded_ident
 
 
-cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec started) noexcept nogil:
-    """Signal safe: formats the header apart, then puts it right in front of the body."""
+cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec started,
+                      PyThreadState *holder) noexcept nogil:
+    """Signal safe: formats the header apart, then puts it right in front of the body.
+    `holder` is the GIL's, named when a consistent dump fell back to this one."""
     cdef char text[HEADER_RESERVE]
     cdef Dumper header
     header.buf = text
@@ -572,6 +589,14 @@ cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec st
         emit_str(&header, request.trigger)
         emit_str(&header, b" mode=gil threads=" if request.gil_held else b" mode=gil-free threads=")
         emit_decimal(&header, threads)
+        if request.gil_wait_ms >= 0:
+            emit_str(&header, b" gil_wait_ms=")
+            emit_decimal(&header, request.gil_wait_ms)
+            emit_str(&header, b" gil_holder=")
+            if holder == NULL:
+                emit_str(&header, b"none")
+            else:
+                emit_hex16(&header, tb_thread_ident(holder))
         emit_str(&header, b"\n")
     else:
         emit_str(&header, b'{"tbfast":1,"pid":')
@@ -580,7 +605,16 @@ cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec st
         emit_timestamp(&header, started)
         emit_str(&header, b'","trigger":"')
         emit_str(&header, request.trigger)
-        emit_str(&header, b'","mode":"gil","threads":[' if request.gil_held else b'","mode":"gil-free","threads":[')
+        emit_str(&header, b'","mode":"gil"' if request.gil_held else b'","mode":"gil-free"')
+        if request.gil_wait_ms >= 0:
+            emit_str(&header, b',"gil_wait_ms":')
+            emit_decimal(&header, request.gil_wait_ms)
+            emit_str(&header, b',"gil_holder":')
+            if holder == NULL:
+                emit_str(&header, b"null")
+            else:
+                emit_decimal(&header, <long long>tb_thread_ident(holder))
+        emit_str(&header, b',"threads":[')
     d.start = d.start - header.length
     memcpy(d.buf + d.start, text, header.length)
 

@@ -2,10 +2,18 @@
 # a client gets the dump while the GIL holder is stuck.  The Python layer
 # (tbfast/sockets.py) names, binds and listens; this file only serves.
 #
-# Protocol: connect; optionally send one line (at most REQUEST_MAX bytes) naming a
-# format, text, uwsgi or json, within REQUEST_WAIT_MS; read the dump until the
-# server closes.  Nothing sent means the default format, so uWSGI's
-# --connect-and-read works unchanged.
+# Protocol: connect; optionally send one line (at most REQUEST_MAX bytes) of
+# words within REQUEST_WAIT_MS: a format (text, uwsgi or json), `locals`, and
+# `gil-free`; read the dump until the server closes.  Nothing sent means the
+# default format, so uWSGI's --connect-and-read works unchanged.
+#
+# Consistent dumps: unless the client asked for `gil-free`, the server hands the
+# client to the "consistent" Python thread (tbfast/consistent.py), which takes
+# the GIL, so every other thread is paused while it walks, and writes the dump
+# itself.  The server thread never waits for the GIL: when the hand-over is not
+# taken within gil_wait_ms (the GIL holder is stuck in C), it withdraws it and
+# writes the GIL-free dump, whose header says how long it waited and who held
+# the GIL.
 
 from posix.unistd cimport pipe
 
@@ -37,6 +45,14 @@ cdef enum:
     SOCKET_WRITE_MS = 2000     # a client that never reads holds the server this long at most
     ACCEPT_BACKOFF_MS = 100    # when out of fds, instead of spinning on accept()
     DRAIN_READS = 16           # of 4 KiB: a client sending more is reset, as it deserves
+    OPTION_BASE = 16           # request_word's values from here on are options
+    OPTION_LOCALS = 1          # request words beyond the format
+    OPTION_GIL_FREE = 2
+    HANDOVER_IDLE = 0          # the consistent thread's hand-over, as the server sees it
+    HANDOVER_FILLING = 1
+    HANDOVER_POSTED = 2
+    HANDOVER_TAKEN = 3
+    HANDOVER_WITHDRAWN = 4
 
 cdef struct Server:
     bint running
@@ -48,8 +64,35 @@ cdef struct Server:
     pthread_t thread
     PyInterpreterState *interp
 
+cdef struct Handover:
+    bint open                  # the pipes exist in this process
+    bint listening             # a consistent thread waits for clients
+    int post_read              # server -> consistent thread: a byte per posted client
+    int post_write
+    int done_read              # consistent thread -> server: a byte per client written
+    int done_write
+    int state                  # HANDOVER_*, changed by compare-and-swap only
+    int client                 # the consistent thread's own dup of the client socket
+    int format
+    int options
+    int wait_ms                # for the GIL; 0 disables consistent dumps
+
 cdef Server server
-cdef const char *BAD_REQUEST = b"tbfast: bad request: expected text, uwsgi or json\n"
+cdef Handover handover
+cdef const char *BAD_REQUEST = b"tbfast: bad request: expected [text|uwsgi|json] [locals] [gil-free]\n"
+
+cdef extern from *:
+    """
+    /* Signal safe: lock-free compare-and-swap of the hand-over state. */
+    static inline int tb_cas_int(int *word, int expected, int desired) {
+        return __atomic_compare_exchange_n(word, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
+    static inline int tb_load_int(int *word) { return __atomic_load_n(word, __ATOMIC_ACQUIRE); }
+    static inline void tb_store_int(int *word, int value) { __atomic_store_n(word, value, __ATOMIC_RELEASE); }
+    """
+    bint tb_cas_int(int *word, int expected, int desired) nogil
+    int tb_load_int(int *word) nogil
+    void tb_store_int(int *word, int value) nogil
 
 
 cdef bint request_is(const char *request, Py_ssize_t length, const char *name) noexcept nogil:
@@ -57,13 +100,16 @@ cdef bint request_is(const char *request, Py_ssize_t length, const char *name) n
     return length == <Py_ssize_t>strlen(name) and memcmp(request, name, length) == 0
 
 
-cdef int read_request(int client) noexcept nogil:
-    """GIL-free: the format a client asks for, the default when it asks nothing,
-    -1 for anything else.  Bounded: at most REQUEST_MAX bytes within REQUEST_WAIT_MS."""
+cdef int read_request(int client, int *options) noexcept nogil:
+    """GIL-free: the format a client asks for, the default when it names none, -1 for
+    a bad request; the other words go to `options`.  Bounded: at most REQUEST_MAX
+    bytes within REQUEST_WAIT_MS."""
     cdef char request[REQUEST_MAX + 1]
-    cdef Py_ssize_t length = 0, got, start = 0
+    cdef Py_ssize_t length = 0, got, start = 0, end
     cdef pollfd waiter
     cdef long long deadline = monotonic_ms() + REQUEST_WAIT_MS, left
+    cdef int format = -1, word
+    options[0] = 0
     while True:
         left = deadline - monotonic_ms()
         waiter.fd = client
@@ -79,19 +125,37 @@ cdef int read_request(int client) noexcept nogil:
             break
     if length > REQUEST_MAX:
         return -1
-    while start < length and is_space(request[start]):
-        start += 1
-    while length > start and is_space(request[length - 1]):
-        length -= 1
-    length -= start
-    if length == 0:
-        return server.default_format
-    if request_is(request + start, length, b"text"):
+    while start < length:
+        while start < length and is_space(request[start]):
+            start += 1
+        end = start
+        while end < length and not is_space(request[end]):
+            end += 1
+        if end == start:
+            break
+        word = request_word(request + start, end - start)
+        if word < 0 or (word < OPTION_BASE and format >= 0):
+            return -1  # unknown, or a second format
+        if word < OPTION_BASE:
+            format = word
+        else:
+            options[0] |= word - OPTION_BASE
+        start = end
+    return server.default_format if format < 0 else format
+
+
+cdef int request_word(const char *word, Py_ssize_t length) noexcept nogil:
+    # Signal safe: a format, OPTION_BASE + an option, or -1.
+    if request_is(word, length, b"text"):
         return FORMAT_TEXT
-    if request_is(request + start, length, b"uwsgi"):
+    if request_is(word, length, b"uwsgi"):
         return FORMAT_UWSGI
-    if request_is(request + start, length, b"json"):
+    if request_is(word, length, b"json"):
         return FORMAT_JSON
+    if request_is(word, length, b"locals"):
+        return OPTION_BASE + OPTION_LOCALS
+    if request_is(word, length, b"gil-free"):
+        return OPTION_BASE + OPTION_GIL_FREE
     return -1
 
 
@@ -106,21 +170,76 @@ cdef void refuse_peer(int client, unsigned int uid) noexcept nogil:
 
 
 cdef void serve_client(int client) noexcept nogil:
-    """GIL-free: checks the peer, reads its request, writes one dump."""
+    """GIL-free: checks the peer, reads its request, has one dump written."""
     cdef ucred peer
     cdef socklen_t size = sizeof(peer)
     cdef DumpRequest request
+    cdef int options
     if getsockopt(client, SOL_SOCKET, SO_PEERCRED, &peer, &size) != 0:
         return
     if peer.uid != server.owner_uid and peer.uid != 0:
         refuse_peer(client, peer.uid)
         return
-    cdef int format = read_request(client)
+    cdef int format = read_request(client, &options)
     if format < 0:
         write_all(client, BAD_REQUEST, strlen(BAD_REQUEST), SOCKET_WRITE_MS)
         return
     request_init(&request, server.interp, b"socket", 0, False)  # this thread runs no Python
+    request.locals = options & OPTION_LOCALS
+    if not options & OPTION_GIL_FREE and handover.wait_ms > 0:
+        request.gil_wait_ms = hand_over(client, format, options)
+        if request.gil_wait_ms < 0:
+            return  # the consistent thread wrote it
     dump_to_fd_nogil(client, &request, format, SOCKET_WRITE_MS)
+
+
+cdef int hand_over(int client, int format, int options) noexcept nogil:
+    """GIL-free: offers the client to the consistent thread for gil_wait_ms; -1 when
+    it took the client and wrote the dump, else the milliseconds waited in vain."""
+    cdef long long started = monotonic_ms()
+    cdef pollfd waiter
+    cdef char byte = b'c'
+    if not handover.listening or not tb_cas_int(&handover.state, HANDOVER_IDLE, HANDOVER_FILLING):
+        return 0  # no consistent thread, or it is still busy with an earlier client
+    drain_pipe(handover.done_read)  # a "done" left by a client the server stopped waiting for
+    handover.client = fcntl(client, F_DUPFD_CLOEXEC, 0)
+    if handover.client < 0:
+        tb_store_int(&handover.state, HANDOVER_IDLE)
+        return 0
+    handover.format = format
+    handover.options = options
+    tb_store_int(&handover.state, HANDOVER_POSTED)  # publishes the fields above
+    write(handover.post_write, &byte, 1)
+    waiter.fd = handover.done_read
+    waiter.events = POLLIN
+    if wait_readable(&waiter, handover.wait_ms) or not tb_cas_int(
+            &handover.state, HANDOVER_POSTED, HANDOVER_WITHDRAWN):
+        # Taken: the consistent thread holds the GIL and writes; a client that does not
+        # read holds it SOCKET_WRITE_MS at most, and the server a little longer.
+        wait_readable(&waiter, SOCKET_WRITE_MS + 1000)
+        return -1
+    close(handover.client)
+    tb_store_int(&handover.state, HANDOVER_IDLE)
+    return <int>(monotonic_ms() - started)
+
+
+cdef bint wait_readable(pollfd *waiter, int timeout_ms) noexcept nogil:
+    # Signal safe: poll() for POLLIN within timeout_ms, through EINTR.
+    cdef long long deadline = monotonic_ms() + timeout_ms, left
+    while True:
+        left = deadline - monotonic_ms()
+        waiter.revents = 0
+        if left <= 0:
+            return False
+        if poll(waiter, 1, <int>left) > 0:
+            return True
+
+
+cdef void drain_pipe(int fd) noexcept nogil:
+    # Signal safe: empties a non-blocking pipe.
+    cdef char bytes[64]
+    while read(fd, bytes, sizeof(bytes)) > 0:
+        pass
 
 
 cdef void close_client(int client) noexcept nogil:
@@ -169,11 +288,40 @@ cdef void server_forget(bint close_fds) noexcept nogil:
 
 
 cdef void server_after_fork_in_child() noexcept nogil:
-    """Signal safe: in the child of fork(), the server thread stayed in the parent.  The listening
-    fd is the parent's socket: close it here; the Python layer serves the child's
-    own socket (tbfast/sockets.py)."""
+    """Signal safe: in the child of fork(), the server and consistent threads stayed in the
+    parent.  The listening fd is the parent's socket and the hand-over pipes are shared
+    with it: close them here; the Python layer serves the child's own socket and starts
+    its own consistent thread (tbfast/sockets.py)."""
     if server.running:
         server_forget(True)
+    if handover.open:
+        close(handover.post_read)
+        close(handover.post_write)
+        close(handover.done_read)
+        close(handover.done_write)
+        handover.open = False
+    handover.listening = False
+    handover.state = HANDOVER_IDLE
+
+
+cdef int handover_open() except -1:
+    """The hand-over pipes, once per process; GIL held.  The post pipe blocks (the
+    consistent thread sleeps on it); the done pipe's read end does not (drained)."""
+    cdef int post[2]
+    cdef int done[2]
+    if handover.open:
+        return 0
+    if pipe2(post, O_CLOEXEC) != 0:
+        raise OSError(errno, "tbfast: cannot make the consistent thread's pipe")
+    if pipe2(done, O_CLOEXEC | O_NONBLOCK) != 0:
+        close(post[0])
+        close(post[1])
+        raise OSError(errno, "tbfast: cannot make the consistent thread's pipe")
+    handover.post_read, handover.post_write = post[0], post[1]
+    handover.done_read, handover.done_write = done[0], done[1]
+    handover.state = HANDOVER_IDLE
+    handover.open = True
+    return 0
 
 
 cdef int server_start(int listen_fd, int default_format, unsigned int owner_uid) except -1:
@@ -212,6 +360,8 @@ cdef bint server_stop() noexcept:
 
 cdef extern from "<fcntl.h>" nogil:
     int pipe2(int fds[2], int flags)
+    int fcntl(int fd, int command, ...)
+    enum: F_DUPFD_CLOEXEC, O_NONBLOCK
 
 cdef extern from "<poll.h>" nogil:
     enum: POLLIN

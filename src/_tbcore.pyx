@@ -10,6 +10,7 @@ include "_interp.pxi"
 include "_buffer.pxi"
 include "_threads.pxi"
 include "_format.pxi"
+include "_locals.pxi"
 include "_guard.pxi"
 include "_signals.pxi"
 include "_server.pxi"
@@ -29,6 +30,7 @@ context_limit = _limits.CONTEXT_LIMIT
 recursive_cutoff = _limits.RECURSIVE_CUTOFF
 if max(filename_limit, function_limit, source_limit, name_limit, context_limit) + 3 > SLOT_TEXT:
     raise ImportError("tbfast._limits exceeds the core's SLOT_TEXT")
+set_locals_mask(_limits.DEFAULT_MASK)
 
 MODE = "core"
 cdef enum:
@@ -52,9 +54,10 @@ cdef int dump_to_fd_nogil(int fd, DumpRequest *request, int format, int timeout_
     return error
 
 
-cdef Dumper *dump_with_gil(bint all_threads, str fmt, int skip, str trigger) except NULL:
-    """A dump taken by the calling thread, which holds the GIL, so the walk is exact.
-    The caller releases the dumper."""
+cdef Dumper *dump_with_gil(bint all_threads, str fmt, int skip, str trigger,
+                           bint exclude_self=False, bint locals=False) except NULL:
+    """A dump taken by the calling thread, which holds the GIL, so the walk is exact;
+    `exclude_self` leaves the calling thread out.  The caller releases the dumper."""
     cdef int format = FORMATS[fmt]
     cdef DumpRequest request
     cdef bytes trigger_bytes = trigger.encode()
@@ -64,24 +67,29 @@ cdef Dumper *dump_with_gil(bint all_threads, str fmt, int skip, str trigger) exc
     request_init(&request, PyInterpreterState_Get(), trigger_bytes, tb_thread_self(), True)
     request.all_threads = all_threads
     request.skip = skip
+    if exclude_self:
+        request.excluded_ident = request.current_ident
+    request.locals = locals
     dumper_start(d, format)
     dump(d, &request)
     return d
 
 
-def format_dump(bint all_threads, str fmt, int skip, str trigger="api"):
-    """The dump as bytes; `skip` frames of the caller's are left out."""
-    cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger)
+def format_dump(bint all_threads, str fmt, int skip, str trigger="api", bint exclude_self=False,
+                bint locals=False):
+    """The dump as bytes; `skip` frames of the caller's are left out, or all of them
+    with `exclude_self`; `locals` adds each frame's (the values read without code)."""
+    cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger, exclude_self, locals)
     try:
         return d.buf[d.start:d.length]
     finally:
         tb_release(&d.busy)
 
 
-def dump_to_fd(int fd, bint all_threads, str fmt, int skip, str trigger="api"):
+def dump_to_fd(int fd, bint all_threads, str fmt, int skip, str trigger="api", bint locals=False):
     """Walks with the GIL, then writes without it: a reader in this same process
     can drain a pipe meanwhile."""
-    cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger)
+    cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger, False, locals)
     cdef int error
     with nogil:
         error = write_dump(d, fd, API_WRITE_MS)
@@ -166,6 +174,62 @@ def serve_stop():
     return server_stop()
 
 
+def handover_configure(double gil_wait):
+    """How long the server offers a client to the consistent thread; 0 never does."""
+    if not (gil_wait >= 0) or isinf(gil_wait):
+        raise ValueError("gil_wait must be a number of seconds >= 0, not %r" % (gil_wait,))
+    handover.wait_ms = <int>(gil_wait * 1000 + 0.5)
+
+
+def handover_listen():
+    """Called by a new consistent thread: False when one already listens in this process."""
+    handover_open()
+    if handover.listening:
+        return False
+    handover.listening = True
+    return True
+
+
+FORMAT_NAMES = {number: name for name, number in FORMATS.items()}
+
+
+def handover_take():
+    """Sleeps without the GIL until the server posts a client, then returns
+    (fd, format, locals) once this thread holds the GIL again, so that every other
+    thread is paused.  A post the server withdrew meanwhile is skipped."""
+    cdef char byte = 0
+    cdef Py_ssize_t got
+    while True:
+        with nogil:
+            got = read(handover.post_read, &byte, 1)
+        # The GIL is held again from here: the other threads are where they stopped.
+        if got < 0 and errno == EINTR:
+            continue
+        if got <= 0:
+            handover.listening = False
+            raise OSError(errno, "tbfast: the consistent thread's pipe failed")
+        if tb_cas_int(&handover.state, HANDOVER_POSTED, HANDOVER_TAKEN):
+            return handover.client, FORMAT_NAMES[handover.format], bool(handover.options & OPTION_LOCALS)
+
+
+def handover_done():
+    """The taken client is written: closes this thread's copy and tells the server."""
+    cdef char byte = b'd'
+    close(handover.client)
+    # IDLE first: the server, woken by the byte, may post the next client at once.  (A
+    # byte that comes late, after the server stopped waiting, only ends a wait early.)
+    tb_store_int(&handover.state, HANDOVER_IDLE)
+    write(handover.done_write, &byte, 1)
+
+
+def write_bounded(int fd, const unsigned char[:] data, int timeout_ms):
+    """Writes all of `data` without the GIL within timeout_ms; 0 or an errno."""
+    cdef int error
+    with nogil:
+        error = write_all(fd, <const char *>&data[0] if data.shape[0] else NULL, data.shape[0], timeout_ms)
+    return error
+
+
 cdef void after_fork_in_child() noexcept nogil:
     """Signal safe: in the child of any fork(), C ones too (uWSGI's run no Python hook): only the
     forking thread lives on, so each native piece drops what stayed in the parent."""
@@ -187,14 +251,15 @@ cdef long long seconds_to_ns(double seconds, str what) except -1:
 
 @cython.freelist(16)
 cdef class HarakiriScope:
-    """A deadline for this thread: a context manager, or a decorator.
+    """A deadline for the thread that enters it: a context manager, or a decorator.
 
     Arms the deadline on entry (no syscall, no allocation), puts back the outer
     scope's on exit.  seconds must be positive and finite; action is "log",
-    "raise" or "abort".  One scope object is entered by one thread at a time."""
-    cdef long long timeout_ns, outer_deadline, outer_armed
-    cdef int action, outer_action
-    cdef ThreadSlot *slot  # slots never move (dead threads' are tombstoned in place)
+    "raise" or "abort".  The object keeps no state: the thread's slot does, so one
+    scope may be entered by many threads at once, and again and again (the fast
+    way: make it once).  At most SCOPE_DEPTH scopes nest in one thread."""
+    cdef long long timeout_ns
+    cdef int action
     cdef readonly double seconds
     cdef readonly str action_name
 
@@ -207,12 +272,12 @@ cdef class HarakiriScope:
         self.action_name = action
 
     def __call__(self, function):
-        """As a decorator: each call of `function` runs in a scope of its own."""
-        seconds, action, scope = self.seconds, self.action_name, type(self)
+        """As a decorator: each call of `function` runs in this scope."""
+        scope = self
 
         @functools.wraps(function)
         def guarded(*args, **kwargs):
-            with scope(seconds, action):
+            with scope:
                 return function(*args, **kwargs)
         return guarded
 
@@ -221,13 +286,15 @@ cdef class HarakiriScope:
             from tbfast.watchdog import ensure_configured
             ensure_configured()
             watchdog_start()  # configured earlier, then shut down: the same settings
-        cdef ThreadSlot *slot = slot_claim(PyThread_get_thread_ident())
-        if slot == NULL:
-            raise RuntimeError("tbfast: the thread table is full")
-        self.slot = slot
-        self.outer_deadline = slot.deadline_ns
-        self.outer_armed = slot.armed_ns
-        self.outer_action = slot.action
+        cdef ThreadSlot *slot = own_slot()
+        cdef int depth = slot.scope_depth
+        if depth == SCOPE_DEPTH:
+            raise RuntimeError("tbfast: harakiri scopes nested more than %d deep" % SCOPE_DEPTH)
+        slot.scopes[depth] = <void *>self
+        slot.outer_deadline_ns[depth] = slot.deadline_ns
+        slot.outer_armed_ns[depth] = slot.armed_ns
+        slot.outer_action[depth] = slot.action
+        slot.scope_depth = depth + 1
         cdef long long now = monotonic_ns(), deadline = now + self.timeout_ns
         slot.action = self.action
         slot.armed_ns = now
@@ -237,15 +304,18 @@ cdef class HarakiriScope:
         return self
 
     def __exit__(self, exc_type, exc_value, traceback):
-        cdef ThreadSlot *slot = self.slot
-        if slot != NULL:
-            tb_store_ll(&slot.deadline_ns, 0)
-            if self.outer_deadline:  # the outer scope's deadline is armed again, and reported anew
-                slot.action = self.outer_action
-                slot.armed_ns = self.outer_armed
-                slot.arm_seq += 1
-                tb_store_ll(&slot.deadline_ns, self.outer_deadline)
-                watchdog_wake_if_later_than(self.outer_deadline)
+        cdef ThreadSlot *slot = slot_in_scope(<void *>self)
+        if slot == NULL:
+            return False  # never entered, or already exited
+        cdef int depth = slot.scope_depth - 1
+        slot.scope_depth = depth
+        tb_store_ll(&slot.deadline_ns, 0)
+        if slot.outer_deadline_ns[depth]:  # the outer scope's deadline is armed again, and reported anew
+            slot.action = slot.outer_action[depth]
+            slot.armed_ns = slot.outer_armed_ns[depth]
+            slot.arm_seq += 1
+            tb_store_ll(&slot.deadline_ns, slot.outer_deadline_ns[depth])
+            watchdog_wake_if_later_than(slot.outer_deadline_ns[depth])
         return False
 
 

@@ -11,6 +11,7 @@ cdef enum:
     SLOT_TEXT = 512              # >= every bounded string limit + 3
     EMPTY_IDENT = 0
     DELETED_IDENT = 1            # a pthread id is a pointer, never 0 or 1
+    SCOPE_DEPTH = 16             # harakiri scopes one thread may nest
 
 cdef struct ThreadSlot:
     unsigned long ident
@@ -20,6 +21,13 @@ cdef struct ThreadSlot:
     long long armed_ns
     unsigned int arm_seq         # bumped per arm, so each expiry is reported once
     int action
+    # the harakiri scopes this thread is in, outermost first, and what each one's entry
+    # replaced: scope objects keep no state, so one may serve many threads and calls
+    int scope_depth
+    void *scopes[SCOPE_DEPTH]
+    long long outer_deadline_ns[SCOPE_DEPTH]
+    long long outer_armed_ns[SCOPE_DEPTH]
+    int outer_action[SCOPE_DEPTH]
     # written by the watchdog only
     unsigned int reported_seq
     bint action_done
@@ -69,11 +77,52 @@ cdef ThreadSlot *slot_claim(unsigned long ident) noexcept nogil:
     slots_live += 1
     tb_seq_write_begin(&slot.seq)
     slot.deadline_ns = 0
+    slot.scope_depth = 0
     slot.name_length = -1
     slot.context_length = -1
     slot.ident = ident
     tb_seq_write_end(&slot.seq)
     return slot
+
+
+cdef extern from *:
+    """
+    /* The calling thread's slot, cached: a harakiri scope finds it without a probe. */
+    static __thread void *tb_own_slot = NULL;
+    static inline void *tb_get_own_slot(void) { return tb_own_slot; }
+    static inline void tb_set_own_slot(void *slot) { tb_own_slot = slot; }
+    """
+    void *tb_get_own_slot() nogil
+    void tb_set_own_slot(void *slot) nogil
+
+
+cdef ThreadSlot *own_slot() except NULL:
+    """The calling thread's slot, made if new.  GIL held.  The cache is checked against
+    the ident: a sweep may have freed the slot, and another thread taken it."""
+    cdef unsigned long ident = PyThread_get_thread_ident()
+    cdef ThreadSlot *slot = <ThreadSlot *>tb_get_own_slot()
+    if slot != NULL and slot.ident == ident:
+        return slot
+    slot = slot_claim(ident)
+    if slot == NULL:
+        raise RuntimeError("tbfast: the thread table is full")
+    tb_set_own_slot(slot)
+    return slot
+
+
+cdef ThreadSlot *slot_in_scope(void *scope) noexcept nogil:
+    """The slot of the thread whose innermost scope is `scope`, the caller's first, or
+    NULL: a scope object used once may be exited by another thread.  GIL held."""
+    cdef ThreadSlot *slot = <ThreadSlot *>tb_get_own_slot()
+    cdef int i
+    if slot != NULL and slot.ident == PyThread_get_thread_ident() and slot.scope_depth > 0 \
+            and slot.scopes[slot.scope_depth - 1] == scope:
+        return slot
+    for i in range(SLOT_COUNT):
+        slot = &thread_slots[i]
+        if slot.ident > DELETED_IDENT and slot.scope_depth > 0 and slot.scopes[slot.scope_depth - 1] == scope:
+            return slot
+    return NULL
 
 
 cdef Py_ssize_t slot_copy(unsigned long ident, bint context, char *out) noexcept nogil:

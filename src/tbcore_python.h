@@ -145,4 +145,81 @@ static inline PyThreadState *tb_gil_holder(PyInterpreterState *interp) {
     return locked > 0 ? holder : NULL;
 }
 
+/* ---- locals, for dumps that show them: read, never run (no __repr__) ---- */
+
+#ifndef CO_FAST_HIDDEN
+#  define CO_FAST_HIDDEN 0  /* 3.12+: the inlined comprehension's own variables */
+#endif
+
+/* Signal safe: how many local variables (arguments, locals, cells, free) a code has. */
+static inline int tb_code_local_count(PyCodeObject *code) {
+    return code->co_nlocalsplus;
+}
+
+/* Signal safe: the name of local variable i (a str), or NULL. */
+static inline PyObject *tb_code_local_name(PyCodeObject *code, int i) {
+    PyObject *names = code->co_localsplusnames;
+    if (names == NULL || Py_TYPE(names) != &PyTuple_Type || i >= PyTuple_GET_SIZE(names)) {
+        return NULL;
+    }
+    return PyTuple_GET_ITEM(names, i);
+}
+
+/* Signal safe: the value of local variable i, a cell's content for cells and free
+   variables; NULL when unbound, or hidden (a comprehension's, as f_locals hides it). */
+static inline PyObject *tb_frame_local(tb_frame *frame, PyCodeObject *code, int i) {
+    PyObject *kinds = code->co_localspluskinds;
+    if (kinds == NULL || Py_TYPE(kinds) != &PyBytes_Type || i >= PyBytes_GET_SIZE(kinds)) {
+        return NULL;
+    }
+    int kind = (unsigned char)PyBytes_AS_STRING(kinds)[i];
+    PyObject *value = frame->localsplus[i];
+    if (kind & CO_FAST_HIDDEN) {
+        return NULL;
+    }
+    if (value != NULL && (kind & (CO_FAST_CELL | CO_FAST_FREE)) && Py_TYPE(value) == &PyCell_Type) {
+        value = ((PyCellObject *)value)->ob_ref;
+    }
+    return value;
+}
+
+/* Signal safe: an exact int that fits in one internal digit (|v| < 2**30) into *value;
+   0 for any other int, whose digits would need arithmetic to print. */
+static inline int tb_small_int(PyObject *number, long long *value) {
+#if PY_VERSION_HEX >= 0x030C0000
+    if (!PyUnstable_Long_IsCompact((PyLongObject *)number)) {
+        return 0;
+    }
+    *value = (long long)PyUnstable_Long_CompactValue((PyLongObject *)number);
+#else
+    Py_ssize_t size = Py_SIZE(number);
+    if (size < -1 || size > 1) {
+        return 0;
+    }
+    *value = size == 0 ? 0 : size * (long long)((PyLongObject *)number)->ob_digit[0];
+#endif
+    return 1;
+}
+
+/* What a local's value is, for the types a dump shows without running code. */
+enum tb_value_kind { TB_VALUE_OTHER, TB_VALUE_NONE, TB_VALUE_BOOL, TB_VALUE_INT, TB_VALUE_FLOAT,
+                     TB_VALUE_STR, TB_VALUE_BYTES };
+
+/* Signal safe: exact types only: a subclass could print itself differently. */
+static inline int tb_value_kind(PyObject *value) {
+    PyTypeObject *type = Py_TYPE(value);
+    if (value == Py_None) return TB_VALUE_NONE;
+    if (type == &PyBool_Type) return TB_VALUE_BOOL;
+    if (type == &PyLong_Type) return TB_VALUE_INT;
+    if (type == &PyFloat_Type) return TB_VALUE_FLOAT;
+    if (type == &PyUnicode_Type) return TB_VALUE_STR;
+    if (type == &PyBytes_Type) return TB_VALUE_BYTES;
+    return TB_VALUE_OTHER;
+}
+
+/* Signal safe: the type's name, as repr's <... object> shows it. */
+static inline const char *tb_type_name(PyObject *object) {
+    return Py_TYPE(object)->tp_name;
+}
+
 #endif /* TBCORE_PYTHON_H */

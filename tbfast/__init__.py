@@ -151,9 +151,20 @@ def get_context():
     return _impl.get_context()
 
 
-def configure(*, buffer_size=None):
+def configure(*, buffer_size=None, gil_wait=None):
     """Resize the preallocated dump buffers (bytes); a dump larger than this is
-    cut with a marker saying how much was left out.  Also TBFAST_BUFFER_SIZE."""
+    cut with a marker saying how much was left out.  Also TBFAST_BUFFER_SIZE.
+
+    `gil_wait` (seconds, default 0.05; 0 turns it off): how long a socket dump
+    tries to take the GIL for a consistent walk before it falls back to the
+    GIL-free one.  Needs the core; the pure-Python server always holds the GIL."""
+    if gil_wait is not None:
+        if isinstance(gil_wait, bool) or not isinstance(gil_wait, (int, float)):
+            raise TypeError("gil_wait must be a number of seconds")
+        if hasattr(_impl, "handover_configure"):
+            _impl.handover_configure(gil_wait)
+        elif not gil_wait >= 0:
+            raise ValueError("gil_wait must be a number of seconds >= 0, not %r" % (gil_wait,))
     if buffer_size is not None:
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, int):
             raise TypeError("buffer_size must be an int")
@@ -174,7 +185,7 @@ def _configure_from_environment():
         size = int(value) if value else _limits.DEFAULT_BUFFER_SIZE
     except ValueError:
         raise ValueError("TBFAST_BUFFER_SIZE must be a number of bytes, not %r" % value) from None
-    configure(buffer_size=size)
+    configure(buffer_size=size, gil_wait=_limits.DEFAULT_GIL_WAIT)
 
 
 _configure_from_environment()

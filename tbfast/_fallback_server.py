@@ -11,10 +11,12 @@ Protocol, one client at a time, in turn:
    client gets ``tbfast: refused: uid N is not allowed\\n`` and is closed;
 2. wait up to REQUEST_WAIT (10 ms) for an optional request line of at most
    REQUEST_LIMIT (64) bytes including its ``\\n``; the line also ends at EOF
-   (the client shut down its side) or when the 10 ms are up.  Stripped of
-   whitespace it is empty (dump in the default format) or ``text``, ``uwsgi``
-   or ``json``; anything else, or more than 64 bytes without a newline, gets
-   ``tbfast: bad request: expected text, uwsgi or json\\n`` and a close;
+   (the client shut down its side) or when the 10 ms are up.  Its words are
+   at most one format (``text``, ``uwsgi`` or ``json``; none means the
+   default), ``locals`` and ``gil-free`` (a no-op here: this server always
+   holds the GIL); anything else, or more than 64 bytes without a newline, gets
+   ``tbfast: bad request: expected [text|uwsgi|json] [locals] [gil-free]\\n``
+   and a close;
 3. write the dump (trigger ``socket``), for at most SEND_TIMEOUT (2 s) in all,
    so a client that never reads holds the server no longer; close.
 
@@ -30,7 +32,7 @@ import struct
 import threading
 import time
 
-from ._limits import FORMATS, check_format
+from ._limits import FORMATS, REQUEST_OPTIONS, check_format
 
 MODE = "python"
 REQUEST_WAIT = 0.010
@@ -38,7 +40,7 @@ REQUEST_LIMIT = 64
 SEND_TIMEOUT = 2.0
 DRAIN_LIMIT = 64 * 1024
 THREAD_NAME = "tbfast-tracebacker"
-BAD_REQUEST = b"tbfast: bad request: expected text, uwsgi or json\n"
+BAD_REQUEST = b"tbfast: bad request: expected [text|uwsgi|json] [locals] [gil-free]\n"
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # a reader gone is EPIPE, not SIGPIPE
 
 _server = None
@@ -95,10 +97,11 @@ class _Server:
             send_all(client, b"tbfast: refused: uid %d is not allowed\n" % uid)
             drain(client)
             return
-        fmt = read_request(client, self.default_format)
-        if fmt is None:
+        request = read_request(client, self.default_format)
+        if request is None:
             send_all(client, BAD_REQUEST)
         else:
+            fmt, _options = request  # locals: see the rich dumps
             from . import _impl  # the core's dump when it is loaded, else the fallback's
             send_all(client, _impl.format_dump(True, fmt, 0, "socket"))
         drain(client)
@@ -140,7 +143,7 @@ def peer_uid(client):
 
 
 def read_request(client, default_format):
-    """The requested format, the default for none, None for a bad request."""
+    """(format, options) asked for, the default format for none; None for a bad request."""
     data = b""
     deadline = time.monotonic() + REQUEST_WAIT
     while b"\n" not in data and len(data) <= REQUEST_LIMIT:
@@ -161,12 +164,14 @@ def read_request(client, default_format):
     if b"\n" in data:
         data = data[: data.index(b"\n")]
     try:
-        request = data.decode("ascii").strip()
+        words = data.decode("ascii").split()
     except UnicodeDecodeError:
         return None
-    if not request:
-        return default_format
-    return request if request in FORMATS else None
+    formats = [word for word in words if word in FORMATS]
+    options = {word for word in words if word in REQUEST_OPTIONS}
+    if len(formats) > 1 or len(formats) + len(options) < len(words):
+        return None
+    return (formats[0] if formats else default_format), options
 
 
 def send_all(client, data):

@@ -17,6 +17,9 @@ _RECORD = struct.Struct("=4Q")
 ACTIONS = ("log", "raise", "abort")
 
 
+SCOPE_DEPTH = 16  # harakiri scopes one thread may nest, as in the core
+
+
 def _nanoseconds(seconds, what):
     if not isinstance(seconds, (int, float)) or not seconds > 0 or math.isinf(seconds):
         raise ValueError("%s must be a positive number of seconds, not %r" % (what, seconds))
@@ -27,6 +30,7 @@ class _State:
     def __init__(self):
         self.changed = threading.Condition()
         self.deadlines = {}  # ident -> [deadline_ns, armed_ns, action, reported, next_report_ns]
+        self.scopes = {}  # ident -> [(scope, the deadlines entry its entry replaced)], innermost last
         self.dump_fd, self.format, self.notify_fd = -1, "text", -1
         self.repeat_ns, self.grace_ns = 10 ** 10, 0
         self.mailboxes = {}
@@ -43,6 +47,8 @@ def _forget_the_parent():
     _state.thread = None
     _state.deadlines = {ident: entry for ident, entry in _state.deadlines.items()
                         if ident == threading.get_ident()}
+    _state.scopes = {ident: entry for ident, entry in _state.scopes.items()
+                     if ident == threading.get_ident()}
     _state.mailboxes.clear()
     _state.later = None
 
@@ -51,40 +57,57 @@ _state = _State()
 
 
 class HarakiriScope:
+    """As the core's: keeps no state, so one scope serves many threads and calls."""
+
     def __init__(self, seconds, action="log"):
         self.timeout_ns = _nanoseconds(seconds, "timeout")
         if action not in ACTIONS:
             raise ValueError("unknown action %r: use one of log, raise, abort" % (action,))
-        self.seconds, self.action_name, self.outer, self.ident = seconds, action, None, None
+        self.seconds, self.action_name = seconds, action
 
     def __enter__(self):
         if _state.thread is None or _state.pid != os.getpid():
             from .watchdog import ensure_configured
             ensure_configured()
-        self.ident = threading.get_ident()
+        ident = threading.get_ident()
         now = time.monotonic_ns()
         with _state.changed:
-            self.outer = _state.deadlines.get(self.ident)
-            _state.deadlines[self.ident] = [now + self.timeout_ns, now, self.action_name, False, 0]
+            stack = _state.scopes.setdefault(ident, [])
+            if len(stack) == SCOPE_DEPTH:
+                raise RuntimeError("tbfast: harakiri scopes nested more than %d deep" % SCOPE_DEPTH)
+            stack.append((self, _state.deadlines.get(ident)))
+            _state.deadlines[ident] = [now + self.timeout_ns, now, self.action_name, False, 0]
             _state.changed.notify()
         return self
 
     def __exit__(self, *exc_info):
-        if self.ident is None:
-            return False
         with _state.changed:
-            if self.outer is None:
-                _state.deadlines.pop(self.ident, None)
+            ident = self._innermost_in()
+            if ident is None:
+                return False  # never entered, or already exited
+            _scope, outer = _state.scopes[ident].pop()
+            if outer is None:
+                _state.deadlines.pop(ident, None)
             else:
-                self.outer[3] = False  # armed again, reported anew
-                _state.deadlines[self.ident] = self.outer
+                outer[3] = False  # armed again, reported anew
+                _state.deadlines[ident] = outer
                 _state.changed.notify()
         return False
+
+    def _innermost_in(self):
+        """The thread whose innermost scope this is, the caller's first (a scope used
+        once may be exited by another thread), or None."""
+        mine = threading.get_ident()
+        for ident in [mine] + list(_state.scopes):
+            stack = _state.scopes.get(ident)
+            if stack and stack[-1][0] is self:
+                return ident
+        return None
 
     def __call__(self, function):
         @functools.wraps(function)
         def guarded(*args, **kwargs):
-            with HarakiriScope(self.seconds, self.action_name):
+            with self:
                 return function(*args, **kwargs)
         return guarded
 

@@ -12,6 +12,7 @@ CONTEXT_LIMIT = 500
 RECURSIVE_CUTOFF = 3   # as traceback.StackSummary: 3 identical lines, then a count
 
 FORMATS = ("text", "uwsgi", "json")  # what every layer writes and accepts
+REQUEST_OPTIONS = ("locals", "gil-free")  # the socket request's other words
 
 
 def check_format(format):
@@ -21,3 +22,10 @@ def check_format(format):
 
 # The default buffer holds 100 threads x 100 frames of about 200 bytes each.
 DEFAULT_BUFFER_SIZE = 2 * 1024 * 1024
+
+# Substrings, matched case-insensitively, of variable names whose values dumps hide.
+DEFAULT_MASK = ("password", "passwd", "secret", "token", "authorization", "cookie",
+                "api_key", "apikey", "credential", "private_key", "session")
+
+# How long a socket dump tries to take the GIL before it falls back to the GIL-free walk.
+DEFAULT_GIL_WAIT = 0.05

@@ -28,6 +28,7 @@ examples:
   tbfast connect-and-read '/tmp/tbsocket.*'            every worker, in worker order
   tbfast connect-and-read --format json @app.3         an abstract socket
   tbfast connect-and-read --summary '/tmp/tbsocket.*'  where the pool is stuck
+  tbfast connect-and-read --locals /tmp/tbsocket.1     with each frame's locals
 
 Workers serve their sockets after tbfast.enable_tracebacker("/tmp/tbsocket."),
 or with TBFAST_TRACEBACKER=/tmp/tbsocket. in their environment.  Only the
@@ -189,7 +190,9 @@ def connect_and_read(args, out, err):
     failed = bool(errors)
     for pattern, message in errors:
         err.write("tbfast: %s: %s\n" % (pattern, message))
-    request = b"json\n" if args.summary else (args.format or "").encode() + b"\n"
+    words = ["json" if args.summary else args.format, "locals" if args.locals else None,
+             "gil-free" if args.gil_free else None]
+    request = " ".join(word for word in words if word).encode() + b"\n"
     dumps, printed = [], 0
     for path in paths:
         try:
@@ -250,6 +253,11 @@ def parser():
     read.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                       help="for the connect and the whole read of each socket (default: %g)"
                       % DEFAULT_TIMEOUT)
+    read.add_argument("--locals", action="store_true",
+                      help="show each frame's local variables (names that look secret are "
+                      "masked)")
+    read.add_argument("--gil-free", action="store_true",
+                      help="skip the consistent walk: do not wait for the GIL at all")
     read.add_argument("--summary", action="store_true",
                       help="group identical stacks across all threads of all workers read, "
                       "most common first")

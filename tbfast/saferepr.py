@@ -16,9 +16,8 @@ import reprlib
 import threading
 import types
 
-# Substrings, matched case-insensitively, of variable names whose values are hidden.
-DEFAULT_MASK = ("password", "passwd", "secret", "token", "authorization", "cookie",
-                "api_key", "apikey", "credential", "private_key", "session")
+from ._limits import DEFAULT_MASK
+
 MASKED = "'********'"
 DEFAULT_MAX_LENGTH = 200
 DEFAULT_TIME_LIMIT = 0.05  # seconds for one __repr__ written in Python

@@ -22,7 +22,7 @@ import stat
 import sys
 import threading
 
-from . import _fallback_server, _impl
+from . import _fallback_server, _impl, consistent
 from ._limits import check_format
 
 # The one place the server is chosen.
@@ -150,6 +150,10 @@ def _enable(basename, worker_id, mode, fmt, billiard_index=None):
     except BaseException:
         _remove(slot)
         raise
+    try:
+        consistent.start()
+    except (OSError, RuntimeError) as error:  # no pipe, no thread: GIL-free dumps still come
+        _warn("consistent dumps are off in %d: %s" % (os.getpid(), error))
     _state = slot
     return slot.path
 

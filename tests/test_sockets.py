@@ -28,6 +28,7 @@ import tbfast
 from tbfast import sockets
 
 ROOT = os.geteuid() == 0
+GIL_WAIT_MS = round(tbfast._limits.DEFAULT_GIL_WAIT * 1000)
 CORE_SERVER = tbfast.HAS_CORE and getattr(tbfast._impl, "serve_start", None) is not None
 SERVERS = [pytest.param("core", marks=pytest.mark.skipif(
                not CORE_SERVER, reason="the C core (with serve_start) is not built")),
@@ -558,7 +559,7 @@ def test_each_format_shows_the_true_line(spawn, tmp, server, script):
 def test_bad_requests_get_one_line(spawn, tmp, server, request_line):
     worker = spawn({"basename": tmp + "/tb."}, server)
     assert ask(worker.path, request_line) == (
-        b"tbfast: bad request: expected text, uwsgi or json\n")
+        b"tbfast: bad request: expected [text|uwsgi|json] [locals] [gil-free]\n")
     # ... and the worker serves the next client as before.
     assert json.loads(ask(worker.path, b"json\n"))["pid"] == worker.pid
 
@@ -574,6 +575,10 @@ def test_dump_while_the_gil_is_held_in_c(spawn, tmp, server, script):
     waited = time.monotonic() - started
     if server == "core":  # the native server needs no GIL: the answer comes at once
         assert waited < 2, "answered after %.1fs" % waited
+        # ... once the consistent thread has had the GIL_WAIT it was given, in vain.
+        assert dump["mode"] == "gil-free" and dump["gil_wait_ms"] >= GIL_WAIT_MS
+        main_thread = next(thread for thread in dump["threads"] if thread["name"] == "MainThread")
+        assert dump["gil_holder"] == main_thread["ident"] and main_thread["holds_gil"]
         main = busy_frames(dump, "MainThread")
         assert (main[0]["file"], main[0]["line"], main[0]["function"]) == (
             script, holding["line"], "hold_the_gil")
@@ -582,6 +587,27 @@ def test_dump_while_the_gil_is_held_in_c(spawn, tmp, server, script):
         assert waited > 1, "answered after %.1fs while the GIL was held" % waited
     assert worker.read()["held"] is True
     assert dump["pid"] == worker.pid
+
+
+@pytest.mark.skipif(not CORE_SERVER, reason="the C core (with serve_start) is not built")
+def test_socket_dumps_are_consistent_unless_asked_gil_free(spawn, tmp, script):
+    worker = spawn({"basename": tmp + "/tb.", "threads": 3}, "core")
+    consistent = json.loads(ask(worker.path, b"json\n"))
+    assert consistent["mode"] == "gil" and "gil_wait_ms" not in consistent
+    # The consistent thread took the GIL to walk, and leaves itself out.
+    names = {thread["name"] for thread in consistent["threads"]}
+    assert {"MainThread", "busy-0", "busy-1", "busy-2"} <= names and "tbfast-consistent" not in names
+    for name in ("busy-0", "busy-1", "busy-2"):
+        lines = [frame["line"] for frame in busy_frames(consistent, name) if frame["file"] == script]
+        assert lines[0] == worker.info["line"]
+    text = ask(worker.path, b"text\n").decode()
+    assert " trigger=socket mode=gil threads=%d\n" % len(names) in text.splitlines(True)[0]
+    gil_free = json.loads(ask(worker.path, b"gil-free json locals\n"))
+    assert gil_free["mode"] == "gil-free" and "gil_wait_ms" not in gil_free
+    frame = [frame for frame in busy_frames(gil_free) if frame["file"] == script][0]
+    assert frame["line"] == worker.info["line"]
+    # GIL-free, the values that need no code to print, the others by their type.
+    assert frame["locals"] == {"started": "<list>", "release": "<Event>", "depth": "0"}
 
 
 def test_client_that_never_reads_holds_the_server_two_seconds_at_most(spawn, tmp, server):

@@ -1,6 +1,7 @@
 """The harakiri watchdog: the stuck stack is dumped on time, the GIL held or not,
 reported exactly once per expiry, then the action is taken."""
 
+import contextlib
 import inspect
 import json
 import os
@@ -169,6 +170,70 @@ def test_ten_thousand_arms_no_false_firing_every_expiry_once(records):
         ident = record.tbfast["thread_ident"]
         by_thread[ident] = by_thread.get(ident, 0) + 1
     assert by_thread == expected and total == 8 * 5
+
+
+def test_one_scope_object_serves_many_threads_and_nests_in_itself(records):
+    """Scopes keep no state: one made once (the fast way) is entered by 8 threads at
+    once, and inside itself; only the thread that really overstays is reported."""
+    watchdog.configure(file=False, repeat=10.0)
+    shared = tbfast.harakiri(0.3)
+    barrier = threading.Barrier(8, timeout=10)
+
+    def worker(overstay):
+        barrier.wait()
+        for _ in range(500):
+            with shared:
+                with shared:
+                    pass
+        if overstay:
+            with shared:
+                with tbfast.harakiri(5):  # the inner one holds: nothing fires here
+                    time.sleep(0.4)
+                time.sleep(0.1)  # the outer one is armed again, and has passed
+
+    threads = [threading.Thread(target=worker, args=(index == 3,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    logged = records.wait_for(1)
+    time.sleep(0.4)  # a false firing would arrive meanwhile
+    assert [record.tbfast["thread_ident"] for record in records.records] == [threads[3].ident]
+    assert len(logged) == 1
+
+
+def test_nesting_deeper_than_sixteen_is_refused_and_leaves_no_trace(records):
+    watchdog.configure(file=False, repeat=10.0)
+    with contextlib.ExitStack() as stack:
+        for _ in range(16):
+            stack.enter_context(tbfast.harakiri(5))
+        with pytest.raises(RuntimeError, match="nested more than 16 deep"):
+            tbfast.harakiri(5).__enter__()
+    with tbfast.harakiri(0.1):  # all 16 were unwound: this one fires, once
+        time.sleep(0.4)
+    assert len(records.wait_for(1)) == 1
+
+
+def test_a_scope_used_once_may_be_exited_by_another_thread(records):
+    """As a WSGI response closed by the server in another thread: the deadline of the
+    thread that entered it is disarmed all the same."""
+    watchdog.configure(file=False, repeat=10.0)
+    scope = tbfast.harakiri(0.2)
+    entered, exited = threading.Event(), threading.Event()
+
+    def request():
+        scope.__enter__()
+        entered.set()
+        exited.wait(10)
+        time.sleep(0.4)  # past the deadline, had it stayed armed
+
+    worker = threading.Thread(target=request)
+    worker.start()
+    assert entered.wait(10)
+    assert scope.__exit__(None, None, None) is False
+    exited.set()
+    worker.join(10)
+    assert records.records == []
 
 
 def test_dump_traceback_later(tmp_path):

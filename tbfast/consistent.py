@@ -1,0 +1,44 @@
+"""Consistent socket dumps: the Python thread that takes the GIL for the native server.
+
+The native tracebacker thread never waits for the GIL.  For each client it
+posts the client here and waits at most ``gil_wait`` (``tbfast.configure``,
+default 50 ms).  This thread wakes, takes the GIL, so every other thread is
+paused where it is and the walk is exact, and writes the dump itself (header
+``mode=gil``).  When the GIL holder is stuck in C, the GIL never comes: the
+server withdraws the post and writes the GIL-free dump, whose header says how
+long it waited and which thread holds the GIL.
+
+One thread per process, started by tbfast.sockets once a server runs (and
+again in a forked child that serves its own socket).
+"""
+
+import threading
+
+from . import _impl
+
+THREAD_NAME = "tbfast-consistent"
+SOCKET_WRITE_MS = 2000  # as the native server: a client that never reads loses the rest
+
+_start_lock = threading.Lock()
+
+
+def start():
+    """Starts this process's consistent thread, unless one runs or the core is absent
+    (the pure-Python server holds the GIL anyway)."""
+    if getattr(_impl, "handover_listen", None) is None:
+        return
+    with _start_lock:
+        if _impl.handover_listen():
+            threading.Thread(target=_serve, name=THREAD_NAME, daemon=True).start()
+
+
+def _serve():
+    while True:
+        fd, fmt, with_locals = _impl.handover_take()
+        try:
+            dump = _impl.format_dump(True, fmt, 0, "socket", True, with_locals)
+            _impl.write_bounded(fd, dump, SOCKET_WRITE_MS)
+        except Exception as error:  # noqa: BLE001 - the client gets the reason, the thread goes on
+            _impl.write_bounded(fd, ("tbfast: dump failed: %s\n" % error).encode(), SOCKET_WRITE_MS)
+        finally:
+            _impl.handover_done()
