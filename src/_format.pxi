@@ -279,6 +279,7 @@ cdef void record_frames(Dumper *d, PyThreadState *tstate, int skip) noexcept nog
     d.visible = 0
     while frame != NULL and walked < MAX_FRAMES_WALKED:
         walked += 1
+        tb_prefetch_callers(frame)
         code = tb_frame_code(frame)
         if not tb_frame_is_hidden(frame, code):
             if skip > 0:

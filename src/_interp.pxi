@@ -26,6 +26,7 @@ cdef extern from "tbcore_python.h" nogil:
     unsigned long tb_thread_native_id(PyThreadState *tstate)
     tb_frame *tb_top_frame(PyThreadState *tstate)
     tb_frame *tb_previous_frame(tb_frame *frame)
+    void tb_prefetch_callers(tb_frame *frame)
     PyCodeObject *tb_frame_code(tb_frame *frame)
     int tb_frame_lasti_bytes(tb_frame *frame, PyCodeObject *code)
     bint tb_frame_is_hidden(tb_frame *frame, PyCodeObject *code)

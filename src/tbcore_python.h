@@ -75,6 +75,16 @@ static inline tb_frame *tb_previous_frame(tb_frame *frame) {
     return frame->previous;
 }
 
+/* Signal safe: starts loading the memory below a frame, where its callers' frames
+   usually are (a thread's frames are pushed upwards on its data stack), so a walk
+   down the chain does not wait on one cache miss per frame.  A prefetch never faults. */
+static inline void tb_prefetch_callers(tb_frame *frame) {
+    const char *below = (const char *)frame;
+    for (int line = 1; line <= 8; line++) {
+        __builtin_prefetch(below - 64 * line);
+    }
+}
+
 /* Signal safe: the frame's code object, or NULL when the frame runs none
    (3.13 frames may hold None in f_executable). */
 static inline PyCodeObject *tb_frame_code(tb_frame *frame) {
