@@ -72,7 +72,7 @@ cdef struct Handover:
     int done_read              # consistent thread -> server: a byte per client written
     int done_write
     int state                  # HANDOVER_*, changed by compare-and-swap only
-    int client                 # the consistent thread's own dup of the client socket
+    int client                 # the client socket, the consistent thread's once it takes it
     int format
     int options
     int wait_ms                # for the GIL; 0 disables consistent dumps
@@ -169,43 +169,43 @@ cdef void refuse_peer(int client, unsigned int uid) noexcept nogil:
     write_all(client, line, n + 16, SOCKET_WRITE_MS)
 
 
-cdef void serve_client(int client) noexcept nogil:
-    """GIL-free: checks the peer, reads its request, has one dump written."""
+cdef bint serve_client(int client) noexcept nogil:
+    """GIL-free: checks the peer, reads its request, has one dump written.  False when
+    the client went to the consistent thread, which closes it."""
     cdef ucred peer
     cdef socklen_t size = sizeof(peer)
     cdef DumpRequest request
     cdef int options
     if getsockopt(client, SOL_SOCKET, SO_PEERCRED, &peer, &size) != 0:
-        return
+        return True
     if peer.uid != server.owner_uid and peer.uid != 0:
         refuse_peer(client, peer.uid)
-        return
+        return True
     cdef int format = read_request(client, &options)
     if format < 0:
         write_all(client, BAD_REQUEST, strlen(BAD_REQUEST), SOCKET_WRITE_MS)
-        return
+        return True
     request_init(&request, server.interp, b"socket", 0, False)  # this thread runs no Python
     request.locals = options & OPTION_LOCALS
     if not options & OPTION_GIL_FREE and handover.wait_ms > 0:
         request.gil_wait_ms = hand_over(client, format, options)
         if request.gil_wait_ms < 0:
-            return  # the consistent thread wrote it
+            return False
     dump_to_fd_nogil(client, &request, format, SOCKET_WRITE_MS)
+    return True
 
 
 cdef int hand_over(int client, int format, int options) noexcept nogil:
     """GIL-free: offers the client to the consistent thread for gil_wait_ms; -1 when
-    it took the client and wrote the dump, else the milliseconds waited in vain."""
+    it took the client (it writes the dump and closes the client), else the
+    milliseconds waited in vain."""
     cdef long long started = monotonic_ms()
     cdef pollfd waiter
     cdef char byte = b'c'
     if not handover.listening or not tb_cas_int(&handover.state, HANDOVER_IDLE, HANDOVER_FILLING):
         return 0  # no consistent thread, or it is still busy with an earlier client
     drain_pipe(handover.done_read)  # a "done" left by a client the server stopped waiting for
-    handover.client = fcntl(client, F_DUPFD_CLOEXEC, 0)
-    if handover.client < 0:
-        tb_store_int(&handover.state, HANDOVER_IDLE)
-        return 0
+    handover.client = client
     handover.format = format
     handover.options = options
     tb_store_int(&handover.state, HANDOVER_POSTED)  # publishes the fields above
@@ -214,11 +214,11 @@ cdef int hand_over(int client, int format, int options) noexcept nogil:
     waiter.events = POLLIN
     if wait_readable(&waiter, handover.wait_ms) or not tb_cas_int(
             &handover.state, HANDOVER_POSTED, HANDOVER_WITHDRAWN):
-        # Taken: the consistent thread holds the GIL and writes; a client that does not
-        # read holds it SOCKET_WRITE_MS at most, and the server a little longer.
+        # Taken: the consistent thread holds the GIL, writes and closes.  One client at a
+        # time: a client that does not read holds it SOCKET_WRITE_MS at most, and the
+        # server a little longer.
         wait_readable(&waiter, SOCKET_WRITE_MS + 1000)
         return -1
-    close(handover.client)
     tb_store_int(&handover.state, HANDOVER_IDLE)
     return <int>(monotonic_ms() - started)
 
@@ -274,8 +274,8 @@ cdef void *serve_loop(void *unused) noexcept nogil:
             if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
                 poll(NULL, 0, ACCEPT_BACKOFF_MS)
             continue
-        serve_client(client)
-        close_client(client)
+        if serve_client(client):
+            close_client(client)
 
 
 cdef void server_forget(bint close_fds) noexcept nogil:
@@ -360,8 +360,7 @@ cdef bint server_stop() noexcept:
 
 cdef extern from "<fcntl.h>" nogil:
     int pipe2(int fds[2], int flags)
-    int fcntl(int fd, int command, ...)
-    enum: F_DUPFD_CLOEXEC, O_NONBLOCK
+    enum: O_NONBLOCK
 
 cdef extern from "<poll.h>" nogil:
     enum: POLLIN

@@ -213,9 +213,10 @@ def handover_take():
 
 
 def handover_done():
-    """The taken client is written: closes this thread's copy and tells the server."""
+    """The taken client is written: closes it and tells the server."""
     cdef char byte = b'd'
-    close(handover.client)
+    with nogil:
+        close_client(handover.client)
     # IDLE first: the server, woken by the byte, may post the next client at once.  (A
     # byte that comes late, after the server stopped waiting, only ends a wait early.)
     tb_store_int(&handover.state, HANDOVER_IDLE)
