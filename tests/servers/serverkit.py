@@ -369,7 +369,8 @@ def request_id():
 
 # -- tbfast's text dumps, parsed back -----------------------------------------------------
 
-HEADER = re.compile(r"tbfast dump: pid=(\d+) time=(\S+) trigger=(\S+) mode=(\S+) threads=(\d+)$")
+HEADER = re.compile(r"tbfast dump: pid=(\d+) time=(\S+) trigger=(\S+) mode=(\S+) threads=(\d+)"
+                    r"(?: gil_wait_ms=\d+ gil_holder=\S+)?$")
 HEADING = re.compile(r'(Current thread|Thread) 0x([0-9a-f]+) \((?:name "(.*)", )?native id (\d+)'
                      r'(, holds the GIL)?(?:, stuck for ([0-9.]+) s)?\) \(most recent call first\):$')
 FRAME = re.compile(r'  File "(.*)", line (\d+) in (.*)$')
