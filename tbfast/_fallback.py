@@ -17,10 +17,15 @@ from ._limits import (
     CONTEXT_LIMIT,
     FILENAME_LIMIT,
     FUNCTION_LIMIT,
+    LOCAL_NAME_LIMIT,
+    LOCAL_VALUE_LIMIT,
     NAME_LIMIT,
     RECURSIVE_CUTOFF,
     SOURCE_LIMIT,
 )
+from .saferepr import frame_locals
+
+LOCALS_TIME_BUDGET = 1.0  # seconds for all the Python-level reprs of one dump
 
 MODE = "python"
 _UWSGI_HEADER = b"*** uWSGI Python tracebacker output ***\n\n"
@@ -52,9 +57,9 @@ def _timestamp(seconds):
 
 
 class _Frame:
-    __slots__ = ("file", "line", "function", "source", "code")
+    __slots__ = ("file", "line", "function", "source", "code", "locals", "more_locals")
 
-    def __init__(self, frame, checked):
+    def __init__(self, frame, checked, safe=None):
         code = frame.f_code
         if code.co_filename not in checked:  # once a file a dump, as extract_stack does
             linecache.checkcache(code.co_filename)
@@ -65,6 +70,11 @@ class _Frame:
         self.function = bounded(code.co_name, FUNCTION_LIMIT)
         source = linecache.getline(code.co_filename, self.line).strip() if self.line else ""
         self.source = bounded(source, SOURCE_LIMIT) if source else None
+        self.locals, self.more_locals = None, 0
+        if safe is not None:
+            shown, self.more_locals = frame_locals(frame, safe)
+            self.locals = [(bounded(name, LOCAL_NAME_LIMIT), bounded(value, LOCAL_VALUE_LIMIT))
+                           for name, value in shown.items()]
 
     def same_place(self, other):
         return (other is not None and self.file == other.file
@@ -75,8 +85,9 @@ class _Thread:
     __slots__ = ("ident", "native_id", "name", "current", "holds_gil", "context", "frames")
 
 
-def _snapshot(all_threads, skip):
-    """The threads to dump, main thread first, innermost frame first."""
+def _snapshot(all_threads, skip, safe=None):
+    """The threads to dump, main thread first, innermost frame first; with
+    each frame's locals when `safe` (a SafeRepr) is given."""
     current = threading.get_ident()
     main = threading.main_thread().ident
     frames_by_thread = sys._current_frames()
@@ -99,7 +110,7 @@ def _snapshot(all_threads, skip):
         thread.frames = []
         frame = frames_by_thread[ident]
         while frame is not None:
-            thread.frames.append(_Frame(frame, checked))
+            thread.frames.append(_Frame(frame, checked, safe))
             frame = frame.f_back
         threads.append(thread)
     return threads
@@ -143,10 +154,21 @@ def _format_text(threads):
             out.append(b'  File "%s", line %d in %s\n' % (frame.file, frame.line, frame.function))
             if frame.source is not None:
                 out.append(b"    %s\n" % frame.source)
+            out.append(format_text_locals(frame))
         if count > RECURSIVE_CUTOFF:
             out.append(_repeated(count))
         out.append(b"\n")
     return b"".join(out)
+
+
+def format_text_locals(frame):
+    """A frame's locals, one a line under its source line ("" without locals)."""
+    if frame.locals is None:
+        return b""
+    lines = [b"      %s = %s\n" % item for item in frame.locals]
+    if frame.more_locals:
+        lines.append(b"      ... %d more\n" % frame.more_locals)
+    return b"".join(lines)
 
 
 def _format_uwsgi(threads):
@@ -160,14 +182,18 @@ def _format_uwsgi(threads):
     return b"".join(out)
 
 
+def format_json_frame(frame):
+    locals_ = b"" if frame.locals is None else b',"locals":{%s}' % b",".join(
+        b"%s:%s" % (_json_string(name), _json_string(value)) for name, value in frame.locals)
+    return b'{"file":%s,"line":%d,"function":%s,"source":%s%s}' % (
+        _json_string(frame.file), frame.line, _json_string(frame.function),
+        _json_optional(frame.source), locals_)
+
+
 def _format_json_threads(threads):
     items = []
     for thread in threads:
-        frames = b",".join(
-            b'{"file":%s,"line":%d,"function":%s,"source":%s}' % (
-                _json_string(frame.file), frame.line, _json_string(frame.function),
-                _json_optional(frame.source))
-            for frame in thread.frames)
+        frames = b",".join(format_json_frame(frame) for frame in thread.frames)
         items.append(
             b'{"ident":%d,"native_id":%s,"name":%s,"current":%s,"holds_gil":%s,'
             b'"context":%s,"frames":[%s]}' % (
@@ -180,9 +206,17 @@ def _format_json_threads(threads):
     return b",".join(items)
 
 
-def format_dump(all_threads, fmt, skip, trigger="api"):
-    """The whole dump as bytes, in format 'text', 'uwsgi' or 'json'."""
-    threads = _snapshot(all_threads, skip + 1)
+def format_dump(all_threads, fmt, skip, trigger="api", safe=None):
+    """The whole dump as bytes, in format 'text', 'uwsgi' or 'json'; with each
+    frame's locals, repr'd by `safe` (a SafeRepr), when it is given and the
+    format is not uwsgi (whose line grammar has no place for them)."""
+    if fmt == "uwsgi":
+        safe = None
+    if safe is None:
+        threads = _snapshot(all_threads, skip + 1)
+    else:
+        with safe.budget(LOCALS_TIME_BUDGET):
+            threads = _snapshot(all_threads, skip + 1, safe)
     pid, now = os.getpid(), _timestamp(time.time())
     if fmt == "json":
         return b'{"tbfast":1,"pid":%d,"time":"%s","trigger":"%s","mode":"%s","threads":[%s],' \
@@ -201,8 +235,8 @@ def write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
-def dump_to_fd(fd, all_threads, fmt, skip, trigger="api"):
-    write_all(fd, format_dump(all_threads, fmt, skip + 1, trigger))
+def dump_to_fd(fd, all_threads, fmt, skip, trigger="api", safe=None):
+    write_all(fd, format_dump(all_threads, fmt, skip + 1, trigger, safe))
 
 
 def set_context(text):

@@ -21,3 +21,9 @@ def check_format(format):
 
 # The default buffer holds 100 threads x 100 frames of about 200 bytes each.
 DEFAULT_BUFFER_SIZE = 2 * 1024 * 1024
+
+# Locals (opt-in): the first MAX_LOCALS of a frame, then "... N more"; names and
+# reprs cut as the other strings are.
+MAX_LOCALS = 50
+LOCAL_NAME_LIMIT = 200
+LOCAL_VALUE_LIMIT = 500

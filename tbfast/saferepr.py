@@ -20,10 +20,13 @@ import threading
 import time
 import types
 
+from ._limits import MAX_LOCALS
+
 # Substrings, matched case-insensitively, of variable names whose values are hidden.
 DEFAULT_MASK = ("password", "passwd", "secret", "token", "authorization", "cookie",
                 "api_key", "apikey", "credential", "private_key", "session")
 MASKED = "'********'"
+_CO_OPTIMIZED = 0x0001  # inspect.CO_OPTIMIZED (a function's frame), without importing inspect
 DEFAULT_MAX_LENGTH = 200
 DEFAULT_TIME_LIMIT = 0.05  # seconds for one __repr__ written in Python
 
@@ -192,3 +195,18 @@ def _timed_repr(value, time_limit):
 
 
 safe_repr = SafeRepr()
+
+
+def frame_locals(frame, safe=safe_repr, limit=None):
+    """``({name: repr}, more)``: the first ``limit`` (default MAX_LOCALS) of a
+    function frame's locals in ``f_locals`` order, masked and bounded by
+    ``safe``, and how many more there are.  A module's or class body's frame has
+    a namespace, not locals: ``({}, 0)``, as the GIL-free core, which reads only
+    a function's fast locals, shows it."""
+    if limit is None:
+        limit = MAX_LOCALS
+    if not frame.f_code.co_flags & _CO_OPTIMIZED:
+        return {}, 0
+    items = list(frame.f_locals.items())  # a copy: a repr may run code that changes them
+    shown = {str(name): safe.local(str(name), value) for name, value in items[:limit]}
+    return shown, max(0, len(items) - limit)
