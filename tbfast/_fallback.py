@@ -56,7 +56,9 @@ def _timestamp(seconds):
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + ".%06dZ" % fraction
 
 
-class _Frame:
+class Frame:
+    """One frame's fields as the dumps show them, bounded as the core bounds them."""
+
     __slots__ = ("file", "line", "function", "source", "code", "locals", "more_locals")
 
     def __init__(self, frame, checked, safe=None):
@@ -110,7 +112,7 @@ def _snapshot(all_threads, skip, safe=None):
         thread.frames = []
         frame = frames_by_thread[ident]
         while frame is not None:
-            thread.frames.append(_Frame(frame, checked, safe))
+            thread.frames.append(Frame(frame, checked, safe))
             frame = frame.f_back
         threads.append(thread)
     return threads
@@ -136,27 +138,34 @@ def _repeated(count):
     return b"  [Previous line repeated %d more time%s]\n" % (count, b"s" if count > 1 else b"")
 
 
+def format_text_frames(frames):
+    """A stack's frame lines, innermost first, deep recursion folded."""
+    out = []
+    previous, count = None, 0
+    for frame in frames:
+        if not frame.same_place(previous):
+            if count > RECURSIVE_CUTOFF:
+                out.append(_repeated(count))
+            previous, count = frame, 0
+        count += 1
+        if count > RECURSIVE_CUTOFF:
+            continue
+        out.append(b'  File "%s", line %d in %s\n' % (frame.file, frame.line, frame.function))
+        if frame.source is not None:
+            out.append(b"    %s\n" % frame.source)
+        out.append(format_text_locals(frame))
+    if count > RECURSIVE_CUTOFF:
+        out.append(_repeated(count))
+    return b"".join(out)
+
+
 def _format_text(threads):
     out = []
     for thread in threads:
         out.append(_text_header(thread))
         if thread.context is not None:
             out.append(b"  Context: %s\n" % thread.context)
-        previous, count = None, 0
-        for frame in thread.frames:
-            if not frame.same_place(previous):
-                if count > RECURSIVE_CUTOFF:
-                    out.append(_repeated(count))
-                previous, count = frame, 0
-            count += 1
-            if count > RECURSIVE_CUTOFF:
-                continue
-            out.append(b'  File "%s", line %d in %s\n' % (frame.file, frame.line, frame.function))
-            if frame.source is not None:
-                out.append(b"    %s\n" % frame.source)
-            out.append(format_text_locals(frame))
-        if count > RECURSIVE_CUTOFF:
-            out.append(_repeated(count))
+        out.append(format_text_frames(thread.frames))
         out.append(b"\n")
     return b"".join(out)
 
