@@ -416,7 +416,7 @@ def _greenlets():
 
 def _found_by_text(found_by):
     if found_by == "gc":
-        return "found by a gc scan; tbfast.rich.track_greenlets() makes this cheaper"
+        return "found by a gc scan: greenlet tracking is off"
     threads = sorted(_tracked["threads"])
     return "tracked by greenlet.settrace in thread%s %s" % (
         "" if len(threads) == 1 else "s", ", ".join("%#018x" % ident for ident in threads))
