@@ -203,11 +203,14 @@ def _roots(nodes):
 
 
 class _Loop:
-    __slots__ = ("loop", "thread", "thread_name", "running", "tasks", "nodes", "cycles")
+    __slots__ = ("loop", "thread", "thread_name", "running", "tasks", "nodes", "cycles", "current")
 
     def __init__(self, loop, tasks):
         self.loop, self.tasks = loop, tasks
         self.running = bool(getattr(loop, "is_running", lambda: False)())
+        # The task whose step runs now: if the loop is blocked, the one blocking it.
+        current_tasks = getattr(sys.modules.get("asyncio.tasks"), "_current_tasks", {})
+        self.current = current_tasks.get(loop)
         self.thread = getattr(loop, "_thread_id", None) if self.running else None
         known = threading._active.get(self.thread) if self.thread is not None else None
         self.thread_name = known.name if known is not None else None
@@ -254,7 +257,7 @@ def _text_tree(item, safe):
             add(level, "* %s (shown above)" % _task_label(future))
             return
         shown.add(id(node))
-        add(level, "* " + _task_label(future))
+        add(level, "* " + _task_label(future) + (" running" if future is item.current else ""))
         if _is_task(future):
             frames = _frames_of(future, safe)
             if frames:
@@ -314,7 +317,7 @@ def _asyncio_json(loops, safe):
             node = item.nodes[id(task)]
             awaited = node.children[0].future if node.children else None
             tasks.append({
-                "id": id(task), "name": task.get_name(),
+                "id": id(task), "name": task.get_name(), "running": task is item.current,
                 "frames": [_json_frame(frame) for frame, _, _ in _frames_of(task, safe)],
                 "awaits": None if awaited is None else {
                     "id": id(awaited), "kind": "task" if _is_task(awaited) else "gather",

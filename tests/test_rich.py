@@ -166,6 +166,7 @@ def test_nested_gathers_and_a_task_awaiting_a_task():
     assert follow_task["awaits"] == {"id": target["id"], "kind": "task", "tasks": [target["id"]]}
     assert target["awaited_by"] == [follow_task["id"]]
     assert loop["cycles"] == []
+    assert not any(task["running"] for task in tasks.values())  # the loop waits in select()
 
     # The text: each task once, as a tree under the task that awaits it.
     assert text.startswith("Asyncio tasks (")
@@ -244,6 +245,28 @@ _abandoned = []
 
 def _closed(block):
     return re.search(r"\(cycle: cycle-\d awaits (cycle-\d)\)", block).group(1)
+
+
+blocker = threading.Event()
+
+
+async def block_the_loop(loop, gate, arrived):
+    arrived.append("blocking")
+    blocker.wait(30)  # at: block
+    await gate
+
+
+def test_a_loop_blocked_by_a_task_marks_it_running():
+    with LoopThread("blocked-loop", block_the_loop, 1) as running:
+        try:
+            document = rich.sections("json")
+            text = rich.sections("text")
+        finally:
+            blocker.set()
+    (task,) = loop_of(document, running.thread)["tasks"]
+    assert task["running"] and task["name"] == "blocked-loop-main"
+    assert places(task) == [(__file__, AT["block"], "block_the_loop")]
+    assert "* Task(name='blocked-loop-main', id=%#x) running\n" % task["id"] in text
 
 
 def test_nothing_to_show_is_empty():
