@@ -99,18 +99,12 @@ def _all_tasks():
 
 
 class _Node:
-    """A task, or a gather's future, in the await graph."""
+    """A task, a gather's future or a TaskGroup, in the await graph."""
 
     __slots__ = ("future", "children", "parents")
 
     def __init__(self, future):
         self.future, self.children, self.parents = future, [], []
-
-
-def _awaited_futures(task):
-    """What a task waits on: the task itself, or a gather future, else None."""
-    waiter = getattr(task, "_fut_waiter", None)
-    return waiter if _is_task(waiter) or _is_gather(waiter) else None
 
 
 def _is_task(future):
@@ -121,20 +115,48 @@ def _is_gather(future):
     return isinstance(getattr(future, "_children", None), list)
 
 
+def _is_task_group(item):
+    group_type = getattr(sys.modules.get("asyncio.taskgroups"), "TaskGroup", None)
+    return group_type is not None and isinstance(item, group_type)
+
+
+def _waits_on(task):
+    """What a task waits for that the graph shows: a task, a gather's future,
+    or the TaskGroup whose exit it is in (which waits for the group's tasks)."""
+    waiter = getattr(task, "_fut_waiter", None)
+    if _is_task(waiter) or _is_gather(waiter):
+        return waiter
+    if waiter is not None and "asyncio.taskgroups" in sys.modules:
+        for frame, _ in _awaited(task.get_coro()):
+            if frame.f_code.co_name in ("__aexit__", "_aexit"):  # _aexit: 3.13
+                group = frame.f_locals.get("self")
+                if _is_task_group(group):
+                    return group
+    return None
+
+
+def _awaits(future):
+    """The nodes a task, gather or TaskGroup waits for; finished tasks left out."""
+    if _is_task(future):
+        waits = _waits_on(future)
+        children = [] if waits is None else [waits]
+    elif _is_gather(future):
+        children = list(future._children)
+    else:
+        children = _snapshot(future._tasks)
+    return [child for child in children if (_is_task(child) and not child.done())
+            or _is_gather(child) or _is_task_group(child)]
+
+
 def _graph(tasks):
-    """``{id: _Node}`` for the tasks and the gather futures between them."""
+    """``{id: _Node}`` for the tasks and the gathers and TaskGroups between them."""
     nodes = {id(task): _Node(task) for task in tasks}
     pending = list(tasks)
     while pending:
         future = pending.pop()
         node = nodes[id(future)]
-        awaited = _awaited_futures(future) if _is_task(future) else None
-        children = [awaited] if awaited is not None else \
-            [child for child in getattr(future, "_children", ()) if _is_task(child) or _is_gather(child)]
-        for child in children:
+        for child in _awaits(future):
             if id(child) not in nodes:
-                if _is_task(child) and child.done():
-                    continue
                 nodes[id(child)] = _Node(child)
                 pending.append(child)
             node.children.append(nodes[id(child)])
@@ -142,14 +164,22 @@ def _graph(tasks):
     return nodes
 
 
+def _kind(future):
+    return "task" if _is_task(future) else "gather" if _is_gather(future) else "taskgroup"
+
+
 def _task_label(future):
-    if _is_task(future):
+    kind = _kind(future)
+    if kind == "task":
         return "Task(name=%r, id=%#x)" % (future.get_name(), id(future))
-    return "Future(id=%#x, gather of %d)" % (id(future), len(future._children))
+    if kind == "gather":
+        return "Future(id=%#x, gather of %d)" % (id(future), len(future._children))
+    return "TaskGroup(id=%#x)" % id(future)
 
 
 def _name(node):
-    return node.future.get_name() if _is_task(node.future) else "gather %#x" % id(node.future)
+    kind = _kind(node.future)
+    return node.future.get_name() if kind == "task" else "%s %#x" % (kind, id(node.future))
 
 
 def _cycles(nodes):
@@ -320,7 +350,7 @@ def _asyncio_json(loops, safe):
                 "id": id(task), "name": task.get_name(), "running": task is item.current,
                 "frames": [_json_frame(frame) for frame, _, _ in _frames_of(task, safe)],
                 "awaits": None if awaited is None else {
-                    "id": id(awaited), "kind": "task" if _is_task(awaited) else "gather",
+                    "id": id(awaited), "kind": _kind(awaited),
                     "tasks": _awaited_tasks(node.children[0])},
                 "awaited_by": _awaiting_tasks(node)})
         documents.append({

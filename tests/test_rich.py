@@ -58,6 +58,13 @@ async def app(gate, arrived):
     await asyncio.gather(middle(gate, arrived, target), leaf(gate, arrived))  # at: app
 
 
+async def grouped(loop, gate, arrived):
+    async with asyncio.TaskGroup() as group:  # at: group
+        group.create_task(leaf(gate, arrived), name="member-1")
+        group.create_task(follow(gate), name="member-2")
+        arrived.append("grouped")
+
+
 async def chase(box, key, arrived):
     await asyncio.sleep(0)
     arrived.append(key)
@@ -71,8 +78,8 @@ class LoopThread:
     """An event loop running `start(loop, gate, arrived)` in a thread of its own,
     until the test is done with it."""
 
-    def __init__(self, name, start, expected):
-        self.name, self.start, self.expected = name, start, expected
+    def __init__(self, name, start, expected, blocks=False):
+        self.name, self.start, self.expected, self.blocks = name, start, expected, blocks
         self.arrived = []
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -93,6 +100,12 @@ class LoopThread:
                 break
             threading.Event().wait(0.01)
         assert len(self.arrived) == self.expected, "the app never reached its awaits"
+        if not self.blocks:
+            # Each arrival is in the same step as the await after it: once the
+            # loop runs a callback queued now, those steps are over.
+            idle = threading.Event()
+            self.loop.call_soon_threadsafe(idle.set)
+            assert idle.wait(10)
         return self
 
     def finish(self):
@@ -182,6 +195,24 @@ def test_nested_gathers_and_a_task_awaiting_a_task():
                                           % target["id"])
 
 
+def test_a_task_group_waits_for_its_tasks():
+    with LoopThread("group-loop", grouped, 2) as running:
+        document = rich.sections("json")
+        text = rich.sections("text")
+    tasks = {task["name"]: task for task in loop_of(document, running.thread)["tasks"]}
+    assert sorted(tasks) == ["group-loop-main", "member-1", "member-2"]
+    parent = tasks["group-loop-main"]
+    # The parent's chain goes through TaskGroup.__aexit__, into asyncio's code, at
+    # the line of the `async with` that it is leaving.
+    assert places(parent)[-1] == (__file__, AT["group"], "grouped")
+    assert parent["frames"][0]["function"] == "__aexit__"
+    assert parent["awaits"]["kind"] == "taskgroup"
+    assert sorted(parent["awaits"]["tasks"]) == sorted([tasks["member-1"]["id"], tasks["member-2"]["id"]])
+    assert tasks["member-2"]["awaits"] is None  # it awaits the gate, a bare future
+    block = _loop_block(text, running.thread)
+    assert "  + Awaiting:\n    * TaskGroup(id=%#x)\n      + Awaiting:\n" % parent["awaits"]["id"] in block
+
+
 def _loop_block(text, thread):
     """The lines of the loop run by `thread`, heading excluded."""
     blocks = re.split(r"^(?=Loop 0x)", text, flags=re.M)
@@ -257,7 +288,7 @@ async def block_the_loop(loop, gate, arrived):
 
 
 def test_a_loop_blocked_by_a_task_marks_it_running():
-    with LoopThread("blocked-loop", block_the_loop, 1) as running:
+    with LoopThread("blocked-loop", block_the_loop, 1, blocks=True) as running:
         try:
             document = rich.sections("json")
             text = rich.sections("text")
