@@ -157,6 +157,8 @@ def _graph(tasks):
         node = nodes[id(future)]
         for child in _awaits(future):
             if id(child) not in nodes:
+                if _is_task(child):  # past MAX_TASKS, or in no registry: not shown
+                    continue
                 nodes[id(child)] = _Node(child)
                 pending.append(child)
             node.children.append(nodes[id(child)])
@@ -213,23 +215,23 @@ def _roots(nodes):
     """The nodes to start the tree from: those no one awaits, then one node of
     each part that only cycles reach, in the order the tasks were found."""
     roots = [node for node in nodes.values() if not node.parents]
-    reached = set()
-    pending = list(roots)
+    reached = _reach(roots, set())
+    for node in nodes.values():
+        if id(node) not in reached:
+            roots.append(node)
+            _reach([node], reached)
+    return roots
+
+
+def _reach(starts, reached):
+    """Adds to `reached` the ids of the nodes `starts` await, transitively."""
+    pending = list(starts)
     while pending:
         node = pending.pop()
         if id(node) not in reached:
             reached.add(id(node))
             pending.extend(node.children)
-    for node in nodes.values():
-        if id(node) not in reached:
-            roots.append(node)
-            pending = [node]
-            while pending:
-                current = pending.pop()
-                if id(current) not in reached:
-                    reached.add(id(current))
-                    pending.extend(current.children)
-    return roots
+    return reached
 
 
 class _Loop:
@@ -249,12 +251,14 @@ class _Loop:
 
 
 def _loops():
-    """The loops with pending tasks, each with its tasks, in the order found."""
+    """``(loops, more)``: the loops with pending tasks, each with its tasks, in
+    the order found, and how many tasks past MAX_TASKS are left out."""
+    found = _all_tasks()
     by_loop = {}
-    for task in _all_tasks()[:MAX_TASKS]:
+    for task in found[:MAX_TASKS]:
         loop = task.get_loop()
         by_loop.setdefault(id(loop), (loop, []))[1].append(task)
-    return [_Loop(loop, tasks) for loop, tasks in by_loop.values()]
+    return [_Loop(loop, tasks) for loop, tasks in by_loop.values()], max(0, len(found) - MAX_TASKS)
 
 
 def _frames_of(task, safe):
@@ -317,11 +321,13 @@ def _text_tree(item, safe):
     return lines
 
 
-def _asyncio_text(loops, safe):
+def _asyncio_text(loops, more, safe):
     count = sum(len(item.tasks) for item in loops)
     if not count:
         return ""
-    out = ["Asyncio tasks (%d in %d loop%s):" % (count, len(loops), "" if len(loops) == 1 else "s")]
+    out = ["Asyncio tasks (%d in %d loop%s%s):" % (
+        count + more, len(loops), "" if len(loops) == 1 else "s",
+        ", %d not shown" % more if more else "")]
     for item in loops:
         out.append(_loop_heading(item))
         out.extend(_text_tree(item, safe))
@@ -351,8 +357,8 @@ def _asyncio_json(loops, safe):
                 "frames": [_json_frame(frame) for frame, _, _ in _frames_of(task, safe)],
                 "awaits": None if awaited is None else {
                     "id": id(awaited), "kind": _kind(awaited),
-                    "tasks": _awaited_tasks(node.children[0])},
-                "awaited_by": _awaiting_tasks(node)})
+                    "tasks": _nearest_tasks(node.children, lambda near: near.children)},
+                "awaited_by": _nearest_tasks(node.parents, lambda near: near.parents)})
         documents.append({
             "loop": id(item.loop), "running": item.running, "thread": item.thread,
             "thread_name": item.thread_name, "tasks": tasks,
@@ -360,9 +366,10 @@ def _asyncio_json(loops, safe):
     return documents
 
 
-def _awaited_tasks(node):
-    """The ids of the tasks a task or gather node stands for, through nested gathers."""
-    found, pending, seen = [], [node], set()
+def _nearest_tasks(starts, neighbours):
+    """The ids of the first tasks met from `starts` (themselves included),
+    going through gathers and TaskGroups by `neighbours` (children or parents)."""
+    found, pending, seen = [], list(starts), set()
     while pending:
         current = pending.pop(0)
         if id(current) in seen:
@@ -371,22 +378,7 @@ def _awaited_tasks(node):
         if _is_task(current.future):
             found.append(id(current.future))
         else:
-            pending.extend(current.children)
-    return found
-
-
-def _awaiting_tasks(node):
-    """The ids of the tasks that await this one, directly or through gathers."""
-    found, pending, seen = [], list(node.parents), set()
-    while pending:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if _is_task(current.future):
-            found.append(id(current.future))
-        else:
-            pending.extend(current.parents)
+            pending.extend(neighbours(current))
     return found
 
 
@@ -549,8 +541,10 @@ def _guarded(format, title, make):
 
 
 def _asyncio_part(format, safe):
-    loops = _loops()
-    return {"asyncio": _asyncio_json(loops, safe)} if format == "json" else _asyncio_text(loops, safe)
+    loops, more = _loops()
+    if format == "json":
+        return {"asyncio": _asyncio_json(loops, safe), "asyncio_not_shown": more}
+    return _asyncio_text(loops, more, safe)
 
 
 def _greenlets_part(format, safe):

@@ -300,6 +300,20 @@ def test_a_loop_blocked_by_a_task_marks_it_running():
     assert "* Task(name='blocked-loop-main', id=%#x) running\n" % task["id"] in text
 
 
+def test_the_tasks_shown_are_bounded(monkeypatch):
+    with LoopThread("bounded-loop", run_app, LEAVES):
+        everything = rich.sections("json")
+        monkeypatch.setattr(rich, "MAX_TASKS", 3)
+        document = rich.sections("json")
+        text = rich.sections("text")
+    total = sum(len(loop["tasks"]) for loop in everything["asyncio"])
+    assert sum(len(loop["tasks"]) for loop in document["asyncio"]) == 3
+    assert document["asyncio_not_shown"] == total - 3
+    assert text.startswith("Asyncio tasks (%d in " % total)
+    assert ", %d not shown):" % (total - 3) in text.splitlines()[0]
+    assert text.count("* Task(") == 3
+
+
 def test_nothing_to_show_is_empty():
     assert all(item["tasks"] for item in rich.sections("json")["asyncio"])
     # No loop of ours runs now: whatever is left is other tests' abandoned cycles.
