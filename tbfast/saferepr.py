@@ -107,7 +107,8 @@ class _ReprWorker:
     A caller waits for its result at most its time limit; a worker whose repr
     overran is abandoned by that caller and goes back to the idle pool by
     itself once the repr returns, so a dump starts a thread only when every
-    worker is busy, and never more than MAX_WORKERS at once.
+    worker is busy, and never more than MAX_WORKERS at once.  A worker left
+    idle IDLE_SECONDS ends, so a process does not keep threads between dumps.
     """
 
     def __init__(self):
@@ -120,7 +121,13 @@ class _ReprWorker:
 
     def _serve(self):
         while True:
-            self.wake.wait()
+            if not self.wake.wait(IDLE_SECONDS):
+                with _pool_lock:
+                    if self in _idle:  # idle too long: no thread left behind (fork warns of them)
+                        _idle.remove(self)
+                        _workers["count"] -= 1
+                        return
+                continue  # taken from the pool just now: its value is on the way
             self.wake.clear()
             try:
                 self.result = repr(self.value)
@@ -148,6 +155,7 @@ class _ReprWorker:
 
 
 MAX_WORKERS = 4  # reprs still running after their time limit hold one each
+IDLE_SECONDS = 0.5  # an idle worker's thread ends after this
 _pool_lock = threading.Lock()
 _idle = []
 _workers = {"count": 0}

@@ -327,6 +327,18 @@ def test_nothing_to_show_is_empty():
 # ---------------------------------------------------------------- locals
 
 
+@pytest.fixture(autouse=True)
+def no_repr_threads_left():
+    """The reprs' helper threads end once idle: none outlive a test by long
+    (a later test that forks would be warned of them)."""
+    yield
+    for _ in range(500):  # bounded: 10 s
+        if not [thread for thread in threading.enumerate() if thread.name == "tbfast-repr"]:
+            return
+        threading.Event().wait(0.02)
+    raise AssertionError("tbfast-repr threads outlived their dump")
+
+
 def hold_locals(park):
     count = 42
     label = "naïve"
