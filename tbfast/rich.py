@@ -462,7 +462,9 @@ class _Greenlet:
         self.name = name if isinstance(name, str) else None  # gevent's Greenlet names
         self.hub, self.main = _is_hub(item), item.parent is None
         frame = item.gr_frame
-        self.state = "suspended" if frame is not None else "running" if item else "not started"
+        # greenlet's own truth test: gevent's says True for a greenlet only scheduled to start.
+        started = sys.modules["greenlet"].greenlet.__bool__(item)
+        self.state = "suspended" if frame is not None else "running" if started else "not started"
         self.frames, checked = [], set()
         while frame is not None and len(self.frames) < MAX_FRAMES:
             self.frames.append(_fallback.Frame(frame, checked, safe))

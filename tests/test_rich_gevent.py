@@ -4,6 +4,7 @@ The truth is traceback.extract_stack(greenlet.gr_frame).
 """
 
 import json
+import threading
 import traceback
 
 import pytest
@@ -98,7 +99,7 @@ def test_all_greenlets_found_by_tracking(tracking_off):
     try:
         document = rich.sections("json")
         check_all_sleepers(document, before + after, "tracking")
-        assert rich.greenlets_tracked() == {__import__("threading").get_ident()}
+        assert rich.greenlets_tracked() == {threading.get_ident()}
         assert "tracked by greenlet.settrace in thread" in section_heading(rich.sections("text"))
     finally:
         release.set()
@@ -137,6 +138,53 @@ def test_text_layout_and_locals(sleepers):
     assert doze_frame["locals"]["password"] == MASKED
     assert doze_frame["locals"]["number"] == repr(sleepers.index(dozer))
     json.dumps(document)  # serialisable as it is
+
+
+def test_a_greenlet_not_started_yet(tracking_off):
+    release = gevent.event.Event()
+    waiting = gevent.spawn(nap, release)  # runs when this greenlet next yields
+    try:
+        (entry,) = [entry for entry in rich.sections("json")["greenlets"] if entry["id"] == id(waiting)]
+        assert entry["state"] == "not started" and entry["frames"] == []
+        heading = "Greenlet %#018x (type Greenlet, name \"%s\", not started)\n" % (id(waiting), waiting.name)
+        assert heading in rich.sections("text")
+    finally:
+        release.set()
+        waiting.join(10)
+
+
+def test_greenlets_of_every_thread(sleepers, tracking_off):
+    """A gc scan finds the greenlets and the hub of another thread's hub too."""
+    ready, release, found = threading.Event(), threading.Event(), {}
+
+    def other_thread():
+        local_release = gevent.event.Event()
+        found["hub"] = gevent.get_hub()
+        found["greenlets"] = [gevent.spawn(nap, local_release) for _ in range(3)]
+        gevent.sleep(0.05)
+        ready.set()
+        while not release.is_set():  # bounded: the test sets it, or 600 x 0.05 s
+            gevent.sleep(0.05)
+            if len(found.setdefault("ticks", [])) > 600:
+                break
+            found["ticks"].append(1)
+        local_release.set()
+        gevent.joinall(found["greenlets"], timeout=10)
+
+    thread = threading.Thread(target=other_thread, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        document = rich.sections("json")
+    finally:
+        release.set()
+        thread.join(10)
+    by_id = {entry["id"]: entry for entry in document["greenlets"]}
+    assert {id(gevent.get_hub()), id(found["hub"])} == {entry["id"] for entry in by_id.values() if entry["hub"]}
+    for item in sleepers + found["greenlets"]:
+        assert id(item) in by_id
+    for item in found["greenlets"]:
+        assert [frame["function"] for frame in by_id[id(item)]["frames"]][-1] == "nap"
 
 
 def _frames(item):
