@@ -23,9 +23,7 @@ from ._limits import (
     RECURSIVE_CUTOFF,
     SOURCE_LIMIT,
 )
-from .saferepr import frame_locals
-
-LOCALS_TIME_BUDGET = 1.0  # seconds for all the Python-level reprs of one dump
+from .saferepr import DUMP_TIME_BUDGET, frame_locals
 
 MODE = "python"
 _UWSGI_HEADER = b"*** uWSGI Python tracebacker output ***\n\n"
@@ -191,7 +189,7 @@ def _format_uwsgi(threads):
     return b"".join(out)
 
 
-def format_json_frame(frame):
+def _format_json_frame(frame):
     locals_ = b"" if frame.locals is None else b',"locals":{%s}' % b",".join(
         b"%s:%s" % (_json_string(name), _json_string(value)) for name, value in frame.locals)
     return b'{"file":%s,"line":%d,"function":%s,"source":%s%s}' % (
@@ -202,7 +200,7 @@ def format_json_frame(frame):
 def _format_json_threads(threads):
     items = []
     for thread in threads:
-        frames = b",".join(format_json_frame(frame) for frame in thread.frames)
+        frames = b",".join(_format_json_frame(frame) for frame in thread.frames)
         items.append(
             b'{"ident":%d,"native_id":%s,"name":%s,"current":%s,"holds_gil":%s,'
             b'"context":%s,"frames":[%s]}' % (
@@ -224,7 +222,7 @@ def format_dump(all_threads, fmt, skip, trigger="api", safe=None):
     if safe is None:
         threads = _snapshot(all_threads, skip + 1)
     else:
-        with safe.budget(LOCALS_TIME_BUDGET):
+        with safe.budget(DUMP_TIME_BUDGET):
             threads = _snapshot(all_threads, skip + 1, safe)
     pid, now = os.getpid(), _timestamp(time.time())
     if fmt == "json":

@@ -22,8 +22,8 @@ import traceback
 import weakref
 
 from . import _fallback
-from ._limits import FUNCTION_LIMIT
-from .saferepr import frame_locals, safe_repr
+from ._limits import FUNCTION_LIMIT, check_format
+from .saferepr import DUMP_TIME_BUDGET, frame_locals, safe_repr
 
 __all__ = ["sections", "frame_locals", "track_greenlets", "greenlets_tracked",
            "await_chain", "format_task_stack"]
@@ -33,7 +33,6 @@ MAX_FRAMES = 1000       # a greenlet's stack
 MAX_TASKS = 1000        # tasks a dump shows, all loops together
 MAX_GREENLETS = 1000
 MAX_TREE_DEPTH = 100    # tasks awaiting tasks awaiting ..., in the text tree
-LOCALS_TIME_BUDGET = 1.0  # seconds for all the Python-level reprs of one dump
 
 
 def _awaited(awaitable):
@@ -520,12 +519,11 @@ def sections(format="text", *, locals=False, safe=None):
     locals, repr'd by ``safe`` (default: tbfast.saferepr.safe_repr).  A part
     that fails is replaced by one line (or key) saying why: the dump goes on.
     """
+    check_format(format)
     if format == "uwsgi":
         return ""
-    if format not in ("text", "json"):
-        raise ValueError("unknown format %r: use text, json or uwsgi" % (format,))
     safe = (safe or safe_repr) if locals else None
-    with (safe or safe_repr).budget(LOCALS_TIME_BUDGET):
+    with (safe or safe_repr).budget(DUMP_TIME_BUDGET):
         asyncio_part = _guarded(format, "Asyncio tasks", lambda: _asyncio_part(format, safe))
         greenlet_part = _guarded(format, "Greenlets", lambda: _greenlets_part(format, safe))
     if format == "json":

@@ -29,6 +29,7 @@ MASKED = "'********'"
 _CO_OPTIMIZED = 0x0001  # inspect.CO_OPTIMIZED (a function's frame), without importing inspect
 DEFAULT_MAX_LENGTH = 200
 DEFAULT_TIME_LIMIT = 0.05  # seconds for one __repr__ written in Python
+DUMP_TIME_BUDGET = 1.0  # seconds for all of them in one dump (see SafeRepr.budget)
 
 
 class SafeRepr(reprlib.Repr):

@@ -324,6 +324,19 @@ def test_nothing_to_show_is_empty():
         rich.sections("xml")
 
 
+def test_a_part_that_fails_is_one_line_and_the_rest_goes_on(monkeypatch):
+    def broken():
+        raise RuntimeError("registry gone")
+
+    monkeypatch.setattr(rich, "_loops", broken)
+    with LoopThread("failing-loop", run_app, LEAVES):
+        text = rich.sections("text")
+        document = rich.sections("json")
+    assert text.splitlines()[0] == "Asyncio tasks: not shown: RuntimeError: registry gone"
+    assert document["asyncio_error"] == "not shown: RuntimeError: registry gone"
+    assert "asyncio" not in document and "greenlets" in document
+
+
 # ---------------------------------------------------------------- locals
 
 
