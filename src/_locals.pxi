@@ -23,11 +23,11 @@ cdef extern from "Python.h" nogil:
     Py_ssize_t PyBytes_GET_SIZE(PyObject *data)
 
 cdef enum:
-    LOCALS_PER_FRAME = 50         # then "... N more"
-    LOCAL_VALUE_LIMIT = 200       # bytes of one value's text
+    LOCALS_PER_FRAME = 50         # then "... N more"; = _limits.MAX_LOCALS
+    LOCAL_VALUE_LIMIT = 500       # bytes of a str's or bytes' contents; = _limits.LOCAL_VALUE_LIMIT
     LOCAL_TEXT_BYTES = LOCAL_VALUE_LIMIT * 4 + 16  # escaped, quoted
     MASK_BYTES = 1024
-    NAME_BYTES = 128
+    NAME_BYTES = 200              # = _limits.LOCAL_NAME_LIMIT
 
 cdef const char *MASKED_VALUE = b"'********'"  # as tbfast.saferepr.MASKED
 cdef char locals_mask[MASK_BYTES]   # lowercase words, each ended by a NUL; an empty one ends the list

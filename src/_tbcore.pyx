@@ -30,6 +30,9 @@ context_limit = _limits.CONTEXT_LIMIT
 recursive_cutoff = _limits.RECURSIVE_CUTOFF
 if max(filename_limit, function_limit, source_limit, name_limit, context_limit) + 3 > SLOT_TEXT:
     raise ImportError("tbfast._limits exceeds the core's SLOT_TEXT")
+if (_limits.MAX_LOCALS, _limits.LOCAL_VALUE_LIMIT, _limits.LOCAL_NAME_LIMIT) != (
+        LOCALS_PER_FRAME, LOCAL_VALUE_LIMIT, NAME_BYTES):
+    raise ImportError("tbfast._limits' locals bounds differ from the core's")
 set_locals_mask(_limits.DEFAULT_MASK)
 
 MODE = "core"

@@ -10,7 +10,7 @@ import os
 import signal as _signal
 import sys
 
-from . import _limits
+from . import _fallback, _limits
 from ._limits import FORMATS, check_format as _check_format
 
 __all__ = [
@@ -29,7 +29,7 @@ if not os.environ.get("TBFAST_NO_EXTENSIONS"):
     except ImportError:
         _impl = None
 if _impl is None:
-    from . import _fallback as _impl
+    _impl = _fallback
 
 HAS_CORE = _impl.MODE == "core"
 #: "core" when the C core is in use, "python" for the pure-Python fallback.
@@ -41,6 +41,8 @@ if HAS_CORE:
     _names.install(_impl)
 
 
+from .saferepr import safe_repr  # noqa: E402 - locals need reprs, so the GIL:
+# those dumps come from the pure-Python formatter (_fallback) whether or not the core is in use.
 from .watchdog import (  # noqa: E402 - needs _impl
     HarakiriError, cancel_dump_traceback_later, dump_traceback_later, harakiri)
 
@@ -76,20 +78,29 @@ def _fileno(file):
     return fd
 
 
-def dump_traceback(file=None, all_threads=True, *, format="text"):
+def dump_traceback(file=None, all_threads=True, *, format="text", locals=False):
     """Write the traceback of every thread (or only this one) to a file or fd.
 
     `file` defaults to sys.stderr.  The write happens without the GIL, so a
-    thread of this process may drain a pipe the dump goes to.
+    thread of this process may drain a pipe the dump goes to.  `locals=True`
+    adds each frame's locals as safe, bounded, masked reprs (tbfast.saferepr).
     """
     _check_format(format)
-    _impl.dump_to_fd(_fileno(file), all_threads, format, 1)
+    fd = _fileno(file)
+    if locals:
+        _fallback.dump_to_fd(fd, all_threads, format, 1, safe=safe_repr)
+    else:
+        _impl.dump_to_fd(fd, all_threads, format, 1)
 
 
-def format_traceback(all_threads=True, *, format="text"):
-    """The dump as a str."""
+def format_traceback(all_threads=True, *, format="text", locals=False):
+    """The dump as a str; `locals=True` as in dump_traceback."""
     _check_format(format)
-    return _impl.format_dump(all_threads, format, 1).decode("utf-8", "replace")
+    if locals:
+        data = _fallback.format_dump(all_threads, format, 1, safe=safe_repr)
+    else:
+        data = _impl.format_dump(all_threads, format, 1)
+    return data.decode("utf-8", "replace")
 
 
 _registered_files = {}
@@ -141,6 +152,8 @@ def set_context(text):
     """
     if text is not None and not isinstance(text, str):
         raise TypeError("context must be a str or None, not %s" % type(text).__name__)
+    if HAS_CORE:  # a dump with locals comes from the Python formatter: it needs them too
+        _fallback.set_context(text)
     if not _impl.set_context(text) and HAS_CORE:
         _names.sweep(_impl)
         _impl.set_context(text)

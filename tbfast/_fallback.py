@@ -17,10 +17,13 @@ from ._limits import (
     CONTEXT_LIMIT,
     FILENAME_LIMIT,
     FUNCTION_LIMIT,
+    LOCAL_NAME_LIMIT,
+    LOCAL_VALUE_LIMIT,
     NAME_LIMIT,
     RECURSIVE_CUTOFF,
     SOURCE_LIMIT,
 )
+from .saferepr import DUMP_TIME_BUDGET, frame_locals
 
 MODE = "python"
 _UWSGI_HEADER = b"*** uWSGI Python tracebacker output ***\n\n"
@@ -51,10 +54,12 @@ def _timestamp(seconds):
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + ".%06dZ" % fraction
 
 
-class _Frame:
-    __slots__ = ("file", "line", "function", "source", "code")
+class Frame:
+    """One frame's fields as the dumps show them, bounded as the core bounds them."""
 
-    def __init__(self, frame, checked):
+    __slots__ = ("file", "line", "function", "source", "code", "locals", "more_locals")
+
+    def __init__(self, frame, checked, safe=None):
         code = frame.f_code
         if code.co_filename not in checked:  # once a file a dump, as extract_stack does
             linecache.checkcache(code.co_filename)
@@ -65,6 +70,11 @@ class _Frame:
         self.function = bounded(code.co_name, FUNCTION_LIMIT)
         source = linecache.getline(code.co_filename, self.line).strip() if self.line else ""
         self.source = bounded(source, SOURCE_LIMIT) if source else None
+        self.locals, self.more_locals = None, 0
+        if safe is not None:
+            shown, self.more_locals = frame_locals(frame, safe)
+            self.locals = [(bounded(name, LOCAL_NAME_LIMIT), bounded(value, LOCAL_VALUE_LIMIT))
+                           for name, value in shown.items()]
 
     def same_place(self, other):
         return (other is not None and self.file == other.file
@@ -75,8 +85,10 @@ class _Thread:
     __slots__ = ("ident", "native_id", "name", "current", "holds_gil", "context", "frames")
 
 
-def _snapshot(all_threads, skip):
-    """The threads to dump, main thread first, innermost frame first."""
+def _snapshot(all_threads, skip, safe=None, exclude_self=False):
+    """The threads to dump, main thread first, innermost frame first; with
+    each frame's locals when `safe` (a SafeRepr) is given; without the calling
+    thread with `exclude_self`."""
     current = threading.get_ident()
     main = threading.main_thread().ident
     frames_by_thread = sys._current_frames()
@@ -84,6 +96,8 @@ def _snapshot(all_threads, skip):
     frames_by_thread[current] = sys._getframe(skip + 1)
     idents = [current] if not all_threads else sorted(
         frames_by_thread, key=lambda ident: ident != main)
+    if exclude_self:
+        idents.remove(current)
     threads, checked = [], set()
     for ident in idents:
         thread = _Thread()
@@ -99,7 +113,7 @@ def _snapshot(all_threads, skip):
         thread.frames = []
         frame = frames_by_thread[ident]
         while frame is not None:
-            thread.frames.append(_Frame(frame, checked))
+            thread.frames.append(Frame(frame, checked, safe))
             frame = frame.f_back
         threads.append(thread)
     return threads
@@ -125,28 +139,46 @@ def _repeated(count):
     return b"  [Previous line repeated %d more time%s]\n" % (count, b"s" if count > 1 else b"")
 
 
+def format_text_frames(frames):
+    """A stack's frame lines, innermost first, deep recursion folded."""
+    out = []
+    previous, count = None, 0
+    for frame in frames:
+        if not frame.same_place(previous):
+            if count > RECURSIVE_CUTOFF:
+                out.append(_repeated(count))
+            previous, count = frame, 0
+        count += 1
+        if count > RECURSIVE_CUTOFF:
+            continue
+        out.append(b'  File "%s", line %d in %s\n' % (frame.file, frame.line, frame.function))
+        if frame.source is not None:
+            out.append(b"    %s\n" % frame.source)
+        out.append(format_text_locals(frame))
+    if count > RECURSIVE_CUTOFF:
+        out.append(_repeated(count))
+    return b"".join(out)
+
+
 def _format_text(threads):
     out = []
     for thread in threads:
         out.append(_text_header(thread))
         if thread.context is not None:
             out.append(b"  Context: %s\n" % thread.context)
-        previous, count = None, 0
-        for frame in thread.frames:
-            if not frame.same_place(previous):
-                if count > RECURSIVE_CUTOFF:
-                    out.append(_repeated(count))
-                previous, count = frame, 0
-            count += 1
-            if count > RECURSIVE_CUTOFF:
-                continue
-            out.append(b'  File "%s", line %d in %s\n' % (frame.file, frame.line, frame.function))
-            if frame.source is not None:
-                out.append(b"    %s\n" % frame.source)
-        if count > RECURSIVE_CUTOFF:
-            out.append(_repeated(count))
+        out.append(format_text_frames(thread.frames))
         out.append(b"\n")
     return b"".join(out)
+
+
+def format_text_locals(frame):
+    """A frame's locals, one a line under its source line ("" without locals)."""
+    if frame.locals is None:
+        return b""
+    lines = [b"      %s = %s\n" % item for item in frame.locals]
+    if frame.more_locals:
+        lines.append(b"      ... %d more\n" % frame.more_locals)
+    return b"".join(lines)
 
 
 def _format_uwsgi(threads):
@@ -160,14 +192,18 @@ def _format_uwsgi(threads):
     return b"".join(out)
 
 
+def _format_json_frame(frame):
+    locals_ = b"" if frame.locals is None else b',"locals":{%s}' % b",".join(
+        b"%s:%s" % (_json_string(name), _json_string(value)) for name, value in frame.locals)
+    return b'{"file":%s,"line":%d,"function":%s,"source":%s%s}' % (
+        _json_string(frame.file), frame.line, _json_string(frame.function),
+        _json_optional(frame.source), locals_)
+
+
 def _format_json_threads(threads):
     items = []
     for thread in threads:
-        frames = b",".join(
-            b'{"file":%s,"line":%d,"function":%s,"source":%s}' % (
-                _json_string(frame.file), frame.line, _json_string(frame.function),
-                _json_optional(frame.source))
-            for frame in thread.frames)
+        frames = b",".join(_format_json_frame(frame) for frame in thread.frames)
         items.append(
             b'{"ident":%d,"native_id":%s,"name":%s,"current":%s,"holds_gil":%s,'
             b'"context":%s,"frames":[%s]}' % (
@@ -180,9 +216,18 @@ def _format_json_threads(threads):
     return b",".join(items)
 
 
-def format_dump(all_threads, fmt, skip, trigger="api"):
-    """The whole dump as bytes, in format 'text', 'uwsgi' or 'json'."""
-    threads = _snapshot(all_threads, skip + 1)
+def format_dump(all_threads, fmt, skip, trigger="api", exclude_self=False, safe=None):
+    """The whole dump as bytes, in format 'text', 'uwsgi' or 'json'; without the
+    calling thread with `exclude_self`; with each frame's locals, repr'd by `safe`
+    (a SafeRepr), when it is given and the format is not uwsgi (whose line
+    grammar has no place for them)."""
+    if fmt == "uwsgi":
+        safe = None
+    if safe is None:
+        threads = _snapshot(all_threads, skip + 1, exclude_self=exclude_self)
+    else:
+        with safe.budget(DUMP_TIME_BUDGET):
+            threads = _snapshot(all_threads, skip + 1, safe, exclude_self)
     pid, now = os.getpid(), _timestamp(time.time())
     if fmt == "json":
         return b'{"tbfast":1,"pid":%d,"time":"%s","trigger":"%s","mode":"%s","threads":[%s],' \
@@ -201,8 +246,8 @@ def write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
-def dump_to_fd(fd, all_threads, fmt, skip, trigger="api"):
-    write_all(fd, format_dump(all_threads, fmt, skip + 1, trigger))
+def dump_to_fd(fd, all_threads, fmt, skip, trigger="api", safe=None):
+    write_all(fd, format_dump(all_threads, fmt, skip + 1, trigger, safe=safe))
 
 
 def set_context(text):

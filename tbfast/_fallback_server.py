@@ -33,6 +33,7 @@ import threading
 import time
 
 from ._limits import FORMATS, REQUEST_OPTIONS, check_format
+from .consistent import gil_dump
 
 MODE = "python"
 REQUEST_WAIT = 0.010
@@ -101,9 +102,8 @@ class _Server:
         if request is None:
             send_all(client, BAD_REQUEST)
         else:
-            fmt, _options = request  # locals: see the rich dumps
-            from . import _impl  # the core's dump when it is loaded, else the fallback's
-            send_all(client, _impl.format_dump(True, fmt, 0, "socket"))
+            fmt, options = request
+            send_all(client, gil_dump(fmt, "locals" in options))  # this thread holds the GIL
         drain(client)
 
     def stop(self):

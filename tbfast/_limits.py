@@ -29,3 +29,9 @@ DEFAULT_MASK = ("password", "passwd", "secret", "token", "authorization", "cooki
 
 # How long a socket dump tries to take the GIL before it falls back to the GIL-free walk.
 DEFAULT_GIL_WAIT = 0.05
+
+# Locals (opt-in): the first MAX_LOCALS of a frame, then "... N more"; names and
+# reprs cut as the other strings are.
+MAX_LOCALS = 50
+LOCAL_NAME_LIMIT = 200
+LOCAL_VALUE_LIMIT = 500

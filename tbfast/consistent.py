@@ -12,9 +12,11 @@ One thread per process, started by tbfast.sockets once a server runs (and
 again in a forked child that serves its own socket).
 """
 
+import json
 import threading
 
-from . import _impl
+from . import _fallback, _impl, rich
+from .saferepr import safe_repr
 
 THREAD_NAME = "tbfast-consistent"
 SOCKET_WRITE_MS = 2000  # as the native server: a client that never reads loses the rest
@@ -32,12 +34,29 @@ def start():
             threading.Thread(target=_serve, name=THREAD_NAME, daemon=True).start()
 
 
+def gil_dump(fmt, with_locals, trigger="socket"):
+    """A dump made holding the GIL, without the calling thread (a server's own):
+    the core's walk, or with `with_locals` the Python formatter's, whose locals
+    are safe reprs; then the rich sections (asyncio tasks, greenlets)."""
+    if with_locals:
+        data = _fallback.format_dump(True, fmt, 0, trigger, True, safe=safe_repr)
+    else:
+        data = _impl.format_dump(True, fmt, 0, trigger, True)
+    extra = rich.sections(fmt, locals=with_locals)
+    if not extra:
+        return data
+    if fmt == "json":
+        document = json.loads(data)
+        document.update(extra)
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return data + extra.encode("utf-8", "replace")
+
+
 def _serve():
     while True:
         fd, fmt, with_locals = _impl.handover_take()
         try:
-            dump = _impl.format_dump(True, fmt, 0, "socket", True, with_locals)
-            _impl.write_bounded(fd, dump, SOCKET_WRITE_MS)
+            _impl.write_bounded(fd, gil_dump(fmt, with_locals), SOCKET_WRITE_MS)
         except Exception as error:  # noqa: BLE001 - the client gets the reason, the thread goes on
             _impl.write_bounded(fd, ("tbfast: dump failed: %s\n" % error).encode(), SOCKET_WRITE_MS)
         finally:

@@ -92,8 +92,9 @@ def test_short_strings_and_bytes_as_repr(value):
 
 
 def test_long_values_are_cut():
-    assert dump_of_caller_with("x" * 1000) == "'" + "x" * 197 + "...'"
-    assert dump_of_caller_with(b"y" * 1000) == "b'" + "y" * 200 + "'..."
+    limit = tbfast._limits.LOCAL_VALUE_LIMIT
+    assert dump_of_caller_with("x" * 1000) == "'" + "x" * (limit - 3) + "...'"
+    assert dump_of_caller_with(b"y" * 1000) == "b'" + "y" * limit + "'..."
 
 
 def test_at_most_fifty_locals_a_frame():

@@ -63,6 +63,18 @@ while len(lines) < config.get("threads", 2) and time.monotonic() < deadline:
     time.sleep(0.001)
 
 
+if config.get("asyncio"):
+    import asyncio
+
+    async def napping_child():
+        await asyncio.sleep(60)
+
+    async def parent():
+        await asyncio.create_task(napping_child(), name="napping-child")
+
+    threading.Thread(target=asyncio.run, args=(parent(),), name="loop", daemon=True).start()
+
+
 def report(**extra):
     now = sockets.current()
     info = dict(pid=os.getpid(), path=now and now.path, worker_id=now and now.worker_id,
@@ -608,6 +620,34 @@ def test_socket_dumps_are_consistent_unless_asked_gil_free(spawn, tmp, script):
     assert frame["line"] == worker.info["line"]
     # GIL-free, the values that need no code to print, the others by their type.
     assert frame["locals"] == {"started": "<list>", "release": "<Event>", "depth": "0"}
+
+
+def test_locals_request_gets_safe_reprs_while_the_gil_can_be_taken(spawn, tmp, server, script):
+    worker = spawn({"basename": tmp + "/tb.", "threads": 1}, server)
+    dump = json.loads(ask(worker.path, b"locals json\n"))
+    # Holding the GIL, the Python formatter writes them: full reprs, made safe.
+    assert dump["mode"] == "python"
+    frame = [frame for frame in busy_frames(dump) if frame["file"] == script][0]
+    assert frame["line"] == worker.info["line"]
+    assert frame["locals"]["depth"] == "0" and frame["locals"]["started"] == repr([frame["line"]])
+    assert frame["locals"]["release"].startswith("<threading.Event at 0x")
+    assert "tbfast-consistent" not in {thread["name"] for thread in dump["threads"]}
+    text = ask(worker.path, b"locals\n").decode()
+    assert "\n      depth = 0\n" in text
+
+
+def test_socket_dumps_show_asyncio_tasks(spawn, tmp, server):
+    worker = spawn({"basename": tmp + "/tb.", "asyncio": True}, server)
+    deadline = time.monotonic() + 10
+    while True:  # the loop's thread starts on its own time
+        document = json.loads(ask(worker.path, b"json\n"))
+        tasks = [task for loop in document.get("asyncio", []) for task in loop["tasks"]]
+        if any(task["name"] == "napping-child" for task in tasks) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    child = next(task for task in tasks if task["name"] == "napping-child")
+    assert [frame["function"] for frame in child["frames"]] == ["sleep", "napping_child"]
+    assert "napping-child" in ask(worker.path, b"text\n").decode().split("Asyncio tasks")[1]
 
 
 def test_client_that_never_reads_holds_the_server_two_seconds_at_most(spawn, tmp, server):
