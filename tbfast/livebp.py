@@ -18,6 +18,7 @@ code object, so no line event fires anywhere else.  A request without
 ``livebp`` costs one substring test and one dict lookup.
 """
 
+import functools
 import hmac
 import importlib
 import importlib.util
@@ -87,8 +88,7 @@ def resolve(spec):
     source = "".join(linecache.getlines(filename, module.__dict__)) if filename else ""
     if not source:
         raise BadRequest("module %s has no Python source to set a breakpoint in" % module_name)
-    compiled = compile(source, filename, "exec", dont_inherit=True)
-    holder = _innermost_holding(compiled, line)
+    holder = _innermost_holding(_compiled(source, filename), line)
     if holder is None:
         raise BadRequest("line %d of %s (%s) is not an executable line"
                          % (line, module_name, filename))
@@ -100,6 +100,12 @@ def resolve(spec):
         raise BadRequest("line %d of %s is in %s, which no live function of the module runs"
                          % (line, module_name, holder.co_qualname))
     return Target(module_name, line, code)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(source, filename):
+    """The module compiled anew, for its line tables (a 1500-line module takes ms)."""
+    return compile(source, filename, "exec", dont_inherit=True)
 
 
 def _import(module_name):
@@ -148,24 +154,27 @@ def _innermost_holding(code, line):
 
 
 def _live_code(module, filename, compiled):
-    """The code object the running program uses for `compiled`: looked for in
-    the module's functions and classes (and what functools.wraps wrapped), then
-    in every live function of that file."""
+    """The code object the running program uses for `compiled`: looked up by its
+    qualified name in the module (through staticmethod, property and what
+    functools.wraps wrapped), else among every live function of that file."""
     key = (compiled.co_qualname, compiled.co_firstlineno)
-    for code in itertools.chain(_namespace_codes(module, filename), _gc_codes(filename)):
+    for code in itertools.chain(_codes_named(module, compiled.co_qualname, filename),
+                                _gc_codes(filename)):
         for candidate in _code_tree(code):
             if (candidate.co_qualname, candidate.co_firstlineno) == key:
                 return candidate
     return None
 
 
-def _namespace_codes(module, filename):
-    pending, seen = list(vars(module).values()), set()
+def _codes_named(module, qualname, filename):
+    """The code objects of what `qualname` names in `module`; for a nested
+    function, those of the outermost function, which hold it."""
+    value = module
+    for part in qualname.partition(".<locals>.")[0].split("."):
+        value = getattr(value, "__dict__", {}).get(part)  # no descriptor runs
+    pending = [value]
     while pending:
         value = pending.pop()
-        if id(value) in seen:
-            continue
-        seen.add(id(value))
         if isinstance(value, (staticmethod, classmethod)):
             pending.append(value.__func__)
         elif isinstance(value, property):
@@ -174,8 +183,6 @@ def _namespace_codes(module, filename):
             if value.__code__.co_filename == filename:
                 yield value.__code__
             pending.append(getattr(value, "__wrapped__", None))
-        elif isinstance(value, type) and value.__module__ == module.__name__:
-            pending.extend(vars(value).values())
 
 
 def _gc_codes(filename):
@@ -372,14 +379,14 @@ class LiveBreakpointMiddleware:
         return self._livebp_request(environ, start_response)
 
     def _livebp_request(self, environ, start_response):
-        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        spec = environ.get(HEADER_KEY) or (query.get(QUERY_KEY) or [None])[0]
-        token = environ.get(TOKEN_HEADER_KEY) or (query.get(TOKEN_QUERY_KEY) or [None])[0]
+        raw_query = environ.get("QUERY_STRING", "")
+        query = dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True))
+        spec = environ.get(HEADER_KEY) or query.get(QUERY_KEY)
+        token = environ.get(TOKEN_HEADER_KEY) or query.get(TOKEN_QUERY_KEY)
         if TOKEN_QUERY_KEY in query:  # keep the secret out of the app's logs and dumps
-            environ = dict(environ, QUERY_STRING=urllib.parse.urlencode(
-                [(k, v) for k, v in urllib.parse.parse_qsl(environ["QUERY_STRING"],
-                                                           keep_blank_values=True)
-                 if k != TOKEN_QUERY_KEY]))
+            environ = dict(environ, QUERY_STRING="&".join(
+                item for item in raw_query.split("&")
+                if urllib.parse.unquote_plus(item.partition("=")[0]) != TOKEN_QUERY_KEY))
         if spec is None or not self._allowed(token):
             if spec is not None:
                 logger.warning("livebp ignored: %s", "disabled (no secret, debug=False)"
@@ -424,11 +431,14 @@ class _LiveRequest:
 
     def run(self):
         try:
-            self.result = self.armed(self.app, self.environ, self.start_response)
+            self.armed(self.call_app)
         except Unavailable as error:
             return _refuse(self.server_start_response, error)
-        self.iterator = self.armed(iter, self.result)
         return self
+
+    def call_app(self):
+        self.result = self.app(self.environ, self.start_response)
+        self.iterator = iter(self.result)
 
     def armed(self, call, *args):
         """call(*args) with the breakpoint armed in this thread, disarmed after.
@@ -437,7 +447,7 @@ class _LiveRequest:
         try:
             self.arm.arm()
         except Unavailable as error:
-            if self.result is None:
+            if self.iterator is None:  # the app has not run yet
                 raise
             logger.warning("livebp %s: %s; the rest of this response runs without it",
                            self.probe.target, error)
