@@ -85,10 +85,10 @@ def resolve(spec):
     line = int(line_text)
     module = _import(module_name)
     filename = getattr(module, "__file__", None)
-    source = "".join(linecache.getlines(filename, module.__dict__)) if filename else ""
-    if not source:
+    lines = linecache.getlines(filename, module.__dict__) if filename else []
+    if not lines:
         raise BadRequest("module %s has no Python source to set a breakpoint in" % module_name)
-    holder = _innermost_holding(_compiled(source, filename), line)
+    holder = _holder(filename, lines, line)
     if holder is None:
         raise BadRequest("line %d of %s (%s) is not an executable line"
                          % (line, module_name, filename))
@@ -100,6 +100,23 @@ def resolve(spec):
         raise BadRequest("line %d of %s is in %s, which no live function of the module runs"
                          % (line, module_name, holder.co_qualname))
     return Target(module_name, line, code)
+
+
+_holders = {}  # (file, line) -> (linecache's lines, the code object holding the line)
+MAX_HOLDERS = 256
+
+
+def _holder(filename, lines, line):
+    """The innermost code object holding `line`, remembered while linecache
+    keeps the same lines for the file."""
+    known = _holders.get((filename, line))
+    if known is not None and known[0] is lines:
+        return known[1]
+    holder = _innermost_holding(_compiled("".join(lines), filename), line)
+    if len(_holders) >= MAX_HOLDERS:
+        _holders.clear()
+    _holders[(filename, line)] = (lines, holder)
+    return holder
 
 
 @functools.lru_cache(maxsize=16)
@@ -114,11 +131,15 @@ def _import(module_name):
     if module is not None:
         return module
     try:
-        found = importlib.util.find_spec(module_name) is not None
+        found = importlib.util.find_spec(module_name)
     except (ImportError, ValueError):
-        found = False
-    if not found:
+        found = None
+    if found is None:
         raise BadRequest("no importable module named %s" % module_name)
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if found.origin and main_file and os.path.realpath(found.origin) == os.path.realpath(main_file):
+        return main  # the script run as __main__: importing it again would run it twice
     try:
         return importlib.import_module(module_name)
     except Exception as error:  # the module's own code failed: say so, keep serving
