@@ -5,6 +5,7 @@ The breakpoint lines are found in this file's source by their marker comments;
 the truth a snapshot is compared with is what traceback.extract_stack sees at
 that same line."""
 
+import functools
 import http.client
 import json
 import re
@@ -24,7 +25,7 @@ from tbfast.wsgi import LiveBreakpointMiddleware
 flask = pytest.importorskip("flask")
 serving = pytest.importorskip("werkzeug.serving")
 from werkzeug.debug import DebuggedApplication  # noqa: E402 - after the importorskip
-from werkzeug.test import Client  # noqa: E402
+from werkzeug.test import Client, EnvironBuilder  # noqa: E402
 
 SECRET = "s3cret-token"
 TRUTH = {}  # what each target line saw, by the test that asked
@@ -77,6 +78,46 @@ def failing(n):
     if n > 0:
         raise ValueError("failing before the line, n=%d" % n)
     return n  # livebp: unreachable
+
+
+def running_code():
+    """The code object of the caller's frame: the truth a resolved target is compared with."""
+    return sys._getframe(1).f_code
+
+
+def logged(function):
+    @functools.wraps(function)
+    def wrapper(*args):
+        return function(*args)
+    return wrapper
+
+
+class Shapes:
+    @staticmethod
+    def static():
+        return running_code()  # livebp: static
+
+    @property
+    def prop(self):
+        return running_code()  # livebp: property
+
+    def method(self):
+        def inner():
+            return running_code()  # livebp: nested
+        return inner()
+
+
+@logged
+def wrapped():
+    return running_code()  # livebp: wrapped
+
+
+def only_in_a_list():
+    return running_code()  # livebp: gc
+
+
+HIDDEN = [only_in_a_list]
+del only_in_a_list  # the module's namespace no longer names it
 
 
 def armed_state():
@@ -244,6 +285,35 @@ def test_snapshot_in_a_streamed_body_before_the_first_chunk(tbfast_log):
     assert snapshot["frames"][0]["locals"] == {"count": "3", "index": "0"}
 
 
+def test_a_response_iterated_by_another_thread(tbfast_log):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return streamed(2)
+
+    middleware = LiveBreakpointMiddleware(app, debug=True, action="snapshot")
+    statuses = []
+    result = middleware(EnvironBuilder(query_string={"livebp": spec("streamed")}).get_environ(),
+                        lambda status, headers, exc_info=None: statuses.append((status, headers)))
+    assert statuses == []  # held until the first chunk
+    consumed = {}
+
+    def consume():
+        consumed["chunks"] = list(result)
+        result.close()
+        consumed["armed"] = armed_state()
+        consumed["ident"] = threading.get_ident()
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    consumer.join(10)
+    assert consumed["chunks"] == [b"chunk 0\n", b"chunk 1\n"]
+    assert consumed["armed"] == NOTHING_ARMED
+    [(status, headers)] = statuses
+    snapshot = json.loads(dict(headers)["X-Tbfast-Snapshot"])
+    assert snapshot["thread"]["ident"] == consumed["ident"]
+    assert snapshot["frames"][0]["function"] == "streamed"
+
+
 def test_a_line_never_reached_says_so():
     client = Client(wrap(make_flask_app(), secret=SECRET, action="snapshot"))
     response = client.get("/state?" + query(spec("compute")))
@@ -312,6 +382,17 @@ def test_bad_module_or_line_is_a_clear_400(target, message):
     body = response.get_data(as_text=True)
     assert body.startswith("tbfast livebp: ") and message in body
     assert "compute" not in TRUTH  # the app never ran
+
+
+@pytest.mark.parametrize("name, run", [
+    ("static", Shapes.static),
+    ("property", lambda: Shapes().prop),
+    ("nested", Shapes().method),
+    ("wrapped", wrapped),
+    ("gc", HIDDEN[0]),
+])
+def test_a_line_resolves_to_the_code_object_that_runs_it(name, run):
+    assert livebp.resolve(spec(name)).code is run()
 
 
 def test_importing_tbfast_imports_no_web_framework():
