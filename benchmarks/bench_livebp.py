@@ -226,7 +226,7 @@ def _choose_n(loop, block_ns):
         n *= 4
 
 
-def measure(max_rounds=60, seconds=6.0, block_ms=5.0, seed=1):
+def measure(max_rounds=100, seconds=10.0, block_ms=2.0, seed=1):
     timed = loops()
     series = {}
     for variant in VARIANTS:
@@ -325,8 +325,8 @@ def section(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=60)
-    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     result = measure(max_rounds=args.rounds, seconds=args.seconds)
     print(section(result))
