@@ -79,7 +79,8 @@ class Target:
 def resolve(spec):
     """``"package.module:line"`` → Target, or BadRequest saying what is wrong."""
     module_name, colon, line_text = spec.strip().rpartition(":")
-    if not colon or not _MODULE_NAME.match(module_name) or not line_text.isdigit():
+    is_number = line_text.isascii() and line_text.isdigit()  # not "²", which int() refuses
+    if not colon or not _MODULE_NAME.match(module_name) or not is_number:
         raise BadRequest("livebp must be module:line, such as myapp.views:42, not %r"
                          % spec[:SPEC_LIMIT])
     line = int(line_text)
@@ -112,7 +113,11 @@ def _holder(filename, lines, line):
     known = _holders.get((filename, line))
     if known is not None and known[0] is lines:
         return known[1]
-    holder = _innermost_holding(_compiled("".join(lines), filename), line)
+    try:
+        compiled = _compiled("".join(lines), filename)
+    except (SyntaxError, ValueError) as error:  # the file changed on disk since
+        raise BadRequest("%s does not compile: %s" % (filename, error)) from None
+    holder = _innermost_holding(compiled, line)
     if len(_holders) >= MAX_HOLDERS:
         _holders.clear()
     _holders[(filename, line)] = (lines, holder)

@@ -370,6 +370,7 @@ def test_the_token_is_taken_out_of_the_query_the_app_sees():
     ("../secrets.py:1", "livebp must be module:line"),
     (MODULE, "livebp must be module:line"),
     (MODULE + ":x", "livebp must be module:line"),
+    (MODULE + ":\u00b2", "livebp must be module:line"),
     ("%s:%d" % (MODULE, line_of("A comment line: not executable.")), "is not an executable line"),
     ("%s:%d" % (MODULE, line_of("A comment line: not executable.") - 1), "is not an executable line"),
     ("%s:99999" % MODULE, "is not an executable line"),
