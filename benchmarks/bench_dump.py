@@ -138,8 +138,8 @@ def measure_extras(quick):
     print("external dumpers: py-spy, pystack", flush=True)
     extras["external"] = bench_roundtrip.external(rounds=3 if quick else 10)
     print("live breakpoints: WSGI requests with and without livebp", flush=True)
-    extras["livebp"] = bench_livebp.measure(max_rounds=20 if quick else 100,
-                                            seconds=2.0 if quick else 10.0)
+    extras["livebp"] = bench_livebp.measure(max_rounds=20 if quick else 200,
+                                            seconds=2.0 if quick else 20.0)
     for name in ("roundtrip", "external"):
         if extras[name].error:
             print("  %s: %s" % (name, extras[name].error), flush=True)
