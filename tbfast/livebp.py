@@ -19,6 +19,7 @@ code object, so no line event fires anywhere else.  A request without
 """
 
 import functools
+import gc
 import hmac
 import importlib
 import importlib.util
@@ -212,7 +213,7 @@ def _codes_named(module, qualname, filename):
 
 
 def _gc_codes(filename):
-    import gc  # only when the namespace did not have it: a whole-heap scan
+    """A whole-heap scan: only when the module does not name the function."""
     for item in gc.get_objects():
         if type(item) is types.FunctionType and item.__code__.co_filename == filename:
             yield item.__code__
@@ -369,12 +370,22 @@ def snapshot_header(snapshot):
     """The snapshot as one line of JSON of at most SNAPSHOT_HEADER_LIMIT bytes:
     the outermost frames are left out first, and counted."""
     frames = snapshot["frames"]
-    for keep in range(len(frames), -1, -1):
-        text = json.dumps(dict(snapshot, frames=frames[:keep],
-                               frames_omitted=len(frames) - keep), separators=(",", ":"))
-        if len(text) <= SNAPSHOT_HEADER_LIMIT:
-            return text
-    return json.dumps({"tbfast_snapshot": 1, "id": snapshot["id"], "at": snapshot["at"],
+
+    def keeping(count):
+        return json.dumps(dict(snapshot, frames=frames[:count], frames_omitted=len(frames) - count),
+                          separators=(",", ":"))
+
+    fits, too_many = 0, len(frames) + 1  # a binary search: a frame's JSON can be 1 KB
+    while too_many - fits > 1:
+        middle = (fits + too_many) // 2
+        if len(keeping(middle)) <= SNAPSHOT_HEADER_LIMIT:
+            fits = middle
+        else:
+            too_many = middle
+    text = keeping(fits)
+    if len(text) <= SNAPSHOT_HEADER_LIMIT:
+        return text
+    return json.dumps({"tbfast_snapshot": 1, "id": snapshot["id"], "at": snapshot["at"][:SPEC_LIMIT],
                        "frames": [], "frames_omitted": len(frames)})
 
 
