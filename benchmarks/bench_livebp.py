@@ -5,6 +5,7 @@ The app is a Flask view rendering a 100-row table (about 100 Python calls of its
 own), called in-process with a prepared environ, as a server would.  Variants:
 
     bare              the app alone
+    bare, again       the same, timed as another variant: the noise floor (A/A)
     middleware        through LiveBreakpointMiddleware(secret=…), no livebp asked
     others, armed     the same, while another thread's request holds a breakpoint
                       armed on the app's hottest function (the line is never run)
@@ -31,6 +32,7 @@ the variant's time to bare's.
 
 import argparse
 import contextlib
+import inspect
 import io
 import random
 import statistics
@@ -50,8 +52,8 @@ import report
 SECRET = "bench-secret"
 MIDDLEWARE_TARGET = 1.05  # requests without livebp
 ARMED_TARGET = 1.5  # the request with a breakpoint, before it reaches the line, 3.12+
-VARIANTS = ("bare", "middleware", "others, armed", "livebp, hot code", "livebp, cold code",
-            "armed only, hot code", "classic settrace")
+VARIANTS = ("bare", "bare, again", "middleware", "others, armed", "livebp, hot code",
+            "livebp, cold code", "armed only, hot code", "classic settrace")
 
 
 def render_row(index):
@@ -77,7 +79,7 @@ def table_view():
 
 
 def line_of(function, text):
-    lines, first = __import__("inspect").getsourcelines(function)
+    lines, first = inspect.getsourcelines(function)
     return first + next(number for number, line in enumerate(lines) if text in line)
 
 
@@ -89,7 +91,8 @@ ENVIRON = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/table",
 
 
 def environ_asking(function, text):
-    query = urllib.parse.urlencode({"rows": 100, "livebp": "%s:%d" % (__name__, line_of(function, text)),
+    target = "%s:%d" % (__name__, line_of(function, text))
+    query = urllib.parse.urlencode({"rows": 100, "livebp": target,
                                     "livebp_token": SECRET})
     return dict(ENVIRON, QUERY_STRING=query)
 
@@ -177,6 +180,7 @@ def loops():
 
     return {
         "bare": (lambda n: serve(table_app, ENVIRON, n), plain),
+        "bare, again": (lambda n: serve(table_app, ENVIRON, n), plain),
         "middleware": (lambda n: serve(middleware, ENVIRON, n), plain),
         "others, armed": (lambda n: serve(middleware, ENVIRON, n), ArmedElsewhere()),
         "livebp, hot code": (lambda n: serve(middleware, hot, n), plain),
@@ -256,6 +260,7 @@ def measure(max_rounds=200, seconds=20.0, block_ms=4.0, seed=1):
 
 LABELS = {
     "bare": "the app alone",
+    "bare, again": "the app alone, timed as another variant (A/A: the noise floor)",
     "middleware": "through the middleware, no `livebp`",
     "others, armed": "the same, while another thread's request holds a breakpoint armed "
                      "on the app's hottest function",
@@ -309,7 +314,8 @@ def section(result):
            "CPU time of the requesting thread, "
            "one process; a Flask view renders a 100-row table, called in-process "
            "(`benchmarks/bench_livebp.py`). Ratios: the median of the per-round ratios of the "
-           "variant's time to the bare app's, and their p10–p90." % (result.python, result.mechanism, result.rounds), ""]
+           "variant's time to the bare app's, and their p10–p90."
+           % (result.python, result.mechanism, result.rounds), ""]
     rows = [(LABELS[variant], report.micros(result.series[variant].median),
              _ratio_cell(result, variant)) for variant in VARIANTS]
     out.append(report.table(("request", "µs", "× the bare app"), rows))
