@@ -325,7 +325,8 @@ def _hide_probe_frames(traceback):
         entries.append(traceback)
         traceback = traceback.tb_next
     inner = len(entries)
-    while inner > 1 and entries[inner - 1].tb_frame.f_code.co_filename == __file__:
+    ours = _Probe.hit.__code__.co_filename  # as compiled, whatever __file__ says
+    while inner > 1 and entries[inner - 1].tb_frame.f_code.co_filename == ours:
         inner -= 1
     if inner < len(entries):
         entries[inner - 1].tb_next = None
