@@ -1,7 +1,7 @@
 """Benchmarks of one dump of every thread: tbfast against faulthandler, the
 traceback module and uWSGI-style formatting; then harakiri arm+disarm, idle
-overhead, round trips to a live uWSGI worker and the external dumpers
-(bench_harakiri.py, bench_idle.py, bench_roundtrip.py).  Run it with `benchmarks/run`,
+overhead, round trips to a live uWSGI worker, the external dumpers and live
+breakpoints (bench_harakiri.py, bench_idle.py, bench_roundtrip.py, bench_livebp.py).  Run it with `benchmarks/run`,
 which makes the venv; it writes RESULTS.md and dump_cost.png beside itself.
 
     bench_dump.py [--quick] [--suffix S]      the whole benchmark
@@ -20,6 +20,7 @@ import tbfast
 
 import bench_harakiri
 import bench_idle
+import bench_livebp
 import bench_roundtrip
 import measure
 import report
@@ -124,7 +125,8 @@ def machine_info(args, plan, seconds):
 
 
 def measure_extras(quick):
-    """Harakiri, idle overhead, round trips, external dumpers (see their modules)."""
+    """Harakiri, idle overhead, round trips, external dumpers, live breakpoints
+    (see their modules)."""
     extras = {}
     print("harakiri arm+disarm, 1 and %d threads" % bench_harakiri.THREADS, flush=True)
     extras["harakiri"] = [bench_harakiri.measure(threads, seconds=1.0 if quick else 4.0)
@@ -135,6 +137,9 @@ def measure_extras(quick):
     extras["roundtrip"] = bench_roundtrip.uwsgi_roundtrip(rounds=20 if quick else 200)
     print("external dumpers: py-spy, pystack", flush=True)
     extras["external"] = bench_roundtrip.external(rounds=3 if quick else 10)
+    print("live breakpoints: WSGI requests with and without livebp", flush=True)
+    extras["livebp"] = bench_livebp.measure(max_rounds=20 if quick else 200,
+                                            seconds=2.0 if quick else 20.0)
     for name in ("roundtrip", "external"):
         if extras[name].error:
             print("  %s: %s" % (name, extras[name].error), flush=True)

@@ -1,10 +1,11 @@
-"""RESULTS.md sections for harakiri, idle overhead, round trips and external dumpers;
-nothing here measures."""
+"""RESULTS.md sections for harakiri, idle overhead, round trips and external dumpers
+(live breakpoints: bench_livebp.py formats its own); nothing here measures."""
 
 import random
 import statistics
 
 import bench_harakiri
+import bench_livebp
 from report import micros, ns, table, times
 
 HARAKIRI_TARGET_NS = 200.0
@@ -86,6 +87,8 @@ def target_rows(extras):
         else:
             rows.append(("round trip ≥ %.0f× faster than uWSGI's tracebacker" % ROUNDTRIP_TARGET,
                          "not measured", "–", "**not measured**: %s" % (roundtrip.error or "see below")))
+    if extras.get("livebp") is not None:
+        rows += bench_livebp.target_rows(extras["livebp"])
     return rows
 
 
@@ -270,4 +273,5 @@ def sections(extras):
         harakiri_section(extras.get("harakiri")),
         idle_section(extras.get("idle")),
         roundtrip_section(extras.get("roundtrip")),
-        external_section(extras.get("external"))) if part)
+        external_section(extras.get("external")),
+        bench_livebp.section(extras["livebp"]) if extras.get("livebp") else "") if part)

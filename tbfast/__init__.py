@@ -16,7 +16,7 @@ from ._limits import FORMATS, check_format as _check_format
 __all__ = [
     "HAS_CORE", "MODE", "FORMATS", "dump_traceback", "format_traceback", "register",
     "unregister", "set_context", "get_context", "configure", "harakiri", "HarakiriError",
-    "dump_traceback_later", "cancel_dump_traceback_later",
+    "dump_traceback_later", "cancel_dump_traceback_later", "Breakpoint",
 ]
 __version__ = "0.1.0"
 
@@ -45,6 +45,10 @@ from .saferepr import safe_repr  # noqa: E402 - locals need reprs, so the GIL:
 # those dumps come from the pure-Python formatter (_fallback) whether or not the core is in use.
 from .watchdog import (  # noqa: E402 - needs _impl
     HarakiriError, cancel_dump_traceback_later, dump_traceback_later, harakiri)
+
+
+class Breakpoint(Exception):
+    """Raised at the line a request asked for, by tbfast.wsgi.LiveBreakpointMiddleware."""
 
 
 def _fileno(file):

@@ -6,9 +6,14 @@ Every dump taken while a request runs shows its thread's context,
 "GET /path?query id=<X-Request-Id>", and a request still running `timeout`
 seconds after it started is dumped by the watchdog (tbfast.watchdog).  The
 deadline covers the response's iteration too, until the server calls close().
+
+    app = tbfast.wsgi.LiveBreakpointMiddleware(app, secret="…", action="raise")
+
+Live breakpoints and snapshots: see tbfast.livebp.
 """
 
 import tbfast
+from tbfast.livebp import LiveBreakpointMiddleware  # noqa: F401 - re-exported
 
 
 def request_context(environ):
