@@ -151,6 +151,12 @@ def add_sender(send):
     _watchdog.shipper.senders.append(send)
 
 
+def remove_sender(send):
+    """Undoes add_sender(send)."""
+    if _watchdog.shipper is not None and send in _watchdog.shipper.senders:
+        _watchdog.shipper.senders.remove(send)
+
+
 def _read_expiries(read_end, write_end, shipper):
     """The Python side: runs whenever Python can; raises what the watchdog asks to
     raise, logs each dump at once, and leaves the rest to the shipping thread."""
@@ -181,8 +187,12 @@ class Shipper:
 
     def live(self, kind, ident, stuck_ns, dump, spooled):
         """In the reader thread: a dump the watchdog or a signal handler just took."""
-        spool = tbfast.spool.current() if spooled else None
-        path = spool.path(spooled) if spool is not None else None
+        spool = tbfast.spool.current()
+        path = spool.path(spooled) if spool is not None and spooled else None
+        if spool is not None and not spooled:
+            self.logger.error("tbfast: dump not spooled: %s is full (max_count=%d) or not "
+                              "writable; the fd dump says which",
+                              spool.directory, spool.max_count)
         document = None
         if dump is not None and dump.startswith("{"):
             document = self.json.loads(dump)
