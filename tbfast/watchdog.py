@@ -202,7 +202,8 @@ class Shipper:
             if dump is None:
                 dump = ("(dump not kept for the log: too many waiting; see the fd "
                         "destination%s)\n" % (" and " + path if path else ""))
-            args, extra = log_fields(kind, ident, stuck_ns, dump, document, self.json)
+            args, extra = log_fields(kind, ident, stuck_ns, dump, document, self.json,
+                                     spooled=path)
             self.logger.error(*args, extra=extra)
         if path is not None or (document is not None and self.senders):
             key = os.path.basename(path) if path else "%d.%s.%d" % (
@@ -263,7 +264,7 @@ class Shipper:
                 continue
             if _watchdog.log:
                 args, extra = log_fields(None, None, None, None, document, self.json,
-                                         spooled=path)
+                                         spooled=path, orphan=True)
                 self.logger.error(*args, extra=extra)
             if self.deliver(document, os.path.basename(path).split(".", 2)[2]):
                 spool.remove(path)
@@ -291,11 +292,11 @@ def _text_context(dump, ident):
     return None
 
 
-def log_fields(kind, ident, stuck_ns, dump, document, json, spooled=None):
+def log_fields(kind, ident, stuck_ns, dump, document, json, spooled=None, orphan=False):
     """((message, *args), extra) of the record for one dump: `tbfast_*` attributes
     (see README, "Logging"), and a one-line JSON message when the dump is JSON."""
     thread = _thread_of(document, ident) if document is not None else {}
-    if ident is None:  # a spooled dump: its process is gone
+    if orphan:  # a spooled dump whose process is gone
         ident = thread.get("ident")
         stuck = thread.get("stuck_seconds")
         trigger = document["trigger"]
@@ -303,7 +304,7 @@ def log_fields(kind, ident, stuck_ns, dump, document, json, spooled=None):
         stuck = stuck_ns / 1e9 if kind == _KIND_HARAKIRI else None
         trigger = document["trigger"] if document is not None else (
             "harakiri" if kind == _KIND_HARAKIRI else "signal")
-    live = threading._active.get(ident) if spooled is None else None
+    live = threading._active.get(ident) if not orphan else None
     name = thread.get("name") or (live.name if live is not None else None)
     if "context" in thread or dump is None:
         context = thread.get("context")
@@ -311,14 +312,14 @@ def log_fields(kind, ident, stuck_ns, dump, document, json, spooled=None):
         context = _text_context(dump, ident)
     tracebacker = tbfast.sockets.current()
     fields = {"pid": document["pid"] if document is not None else os.getpid(),
-              "worker": tracebacker.worker_id if tracebacker and spooled is None else None,
+              "worker": tracebacker.worker_id if tracebacker and not orphan else None,
               "trigger": trigger, "thread": name, "thread_ident": ident, "context": context,
               "stuck_seconds": stuck, "spooled": spooled}
     if stuck is not None:
         summary = "harakiri: thread %s (%#x) stuck for %.3f s" % (name or "?", ident or 0, stuck)
     else:
         summary = "%s: dump from thread %s (%#x)" % (trigger, name or "?", ident or 0)
-    if spooled is not None:
+    if orphan:
         summary += " in pid %d, now gone (from the spool)" % fields["pid"]
     extra = {"tbfast_" + key: value for key, value in fields.items()}
     extra["tbfast"] = dict(fields, thread_name=name)  # the record.tbfast of earlier versions
