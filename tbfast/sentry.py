@@ -155,13 +155,14 @@ def shutdown():
 def send(document, key):
     """Sends one dump (its JSON document); True once Sentry accepted it.  `key` names
     the dump for good (a spool file's name), so a resend keeps its event id."""
-    if _state.client is None:
+    client, scope = _state.client, _state.scope  # shutdown() may run meanwhile
+    if client is None:
         return False
     event = event_from_dump(document, key)
-    event_id = _state.client.capture_event(event, scope=_state.scope)
+    event_id = client.capture_event(event, scope=scope)
     if event_id is None:  # the client's own settings (sample_rate, before_send) dropped it
         return True
-    failure = _state.client.transport.wait(event_id, _state.timeout)
+    failure = client.transport.wait(event_id, _state.timeout)
     if failure is not None:
         _logger.error("tbfast.sentry: dump %s not sent to Sentry (%s)%s", key, failure,
                         "; it stays in the spool for a later try" if key.startswith("dump.")

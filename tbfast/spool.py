@@ -48,27 +48,6 @@ class Spool:
     def count(self):
         return sum(1 for name in os.listdir(self.directory) if _DUMP.match(name))
 
-    def read(self, path):
-        """The dump document in a spool file, or None when it is gone or unreadable."""
-        try:
-            with open(path, "rb") as file:
-                return json.loads(file.read())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as error:
-            _logger.error("tbfast: spool file %s is unreadable (%s); moved aside as %s.bad",
-                            path, error, path)
-            os.replace(path, path + ".bad")
-            tbfast._impl.spool_shipped(1)
-            return None
-
-    def remove(self, path):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return
-        tbfast._impl.spool_shipped(1)
-
     def orphans(self):
         """(path, pid) of the dumps whose process is gone, each claimed for this one by a
         rename (so two processes never ship the same file); claims of a process that
@@ -106,6 +85,30 @@ class Spool:
             if dump and int(dump.group(1)) == os.getpid() and int(dump.group(2)) > self.first_seq:
                 paths.append(os.path.join(self.directory, name))
         return paths
+
+
+def read(path):
+    """The dump document in a spool file, or None when it is gone or unreadable."""
+    try:
+        with open(path, "rb") as file:
+            return json.loads(file.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        _logger.error("tbfast: spool file %s is unreadable (%s); moved aside as %s.bad",
+                      path, error, path)
+        os.replace(path, path + ".bad")
+        tbfast._impl.spool_shipped(1)
+        return None
+
+
+def remove(path):
+    """A shipped spool file goes, and makes room for one more."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    tbfast._impl.spool_shipped(1)
 
 
 def _alive(pid):

@@ -197,7 +197,7 @@ class Shipper:
         if dump is not None and dump.startswith("{"):
             document = self.json.loads(dump)
         elif path is not None:
-            document = spool.read(path)
+            document = tbfast.spool.read(path)
         if _watchdog.log:
             if dump is None:
                 dump = ("(dump not kept for the log: too many waiting; see the fd "
@@ -219,13 +219,9 @@ class Shipper:
             try:
                 job = self.jobs.get(timeout=RETRY_SECONDS if self.waiting else None)
             except self.empty:
-                self.retry()
-                continue
+                job = ("retry",)
             try:
-                if job[0] == "send":
-                    self.send(*job[1:])
-                else:
-                    self.orphans()
+                getattr(self, job[0])(*job[1:])
             except Exception:  # noqa: BLE001 - one bad dump never stops the shipping
                 self.logger.exception("tbfast: shipping a dump failed")
 
@@ -242,24 +238,30 @@ class Shipper:
 
     def send(self, path, document, key):
         if document is None:
-            document = tbfast.spool.current().read(path)
+            document = tbfast.spool.read(path)
             if document is None:
                 return
         if self.deliver(document, key):
             if path is not None:
-                tbfast.spool.current().remove(path)
+                tbfast.spool.remove(path)
         elif path is not None:
             self.waiting.append(path)
 
     def retry(self):
+        """Sends again the files still waiting in the configured spool (those of a spool
+        configured away stay there, for a process that configures it)."""
+        spool = tbfast.spool.current()
         waiting, self.waiting = self.waiting, []
         for path in waiting:
-            self.send(path, None, os.path.basename(path))
+            if spool is not None and os.path.dirname(path) == spool.directory:
+                self.send(path, None, os.path.basename(path))
 
     def orphans(self):
         spool = tbfast.spool.current()
+        if spool is None:
+            return
         for path, pid in spool.orphans():
-            document = spool.read(path)
+            document = tbfast.spool.read(path)
             if document is None:
                 continue
             if _watchdog.log:
@@ -267,7 +269,7 @@ class Shipper:
                                          spooled=path, orphan=True)
                 self.logger.error(*args, extra=extra)
             if self.deliver(document, os.path.basename(path).split(".", 2)[2]):
-                spool.remove(path)
+                tbfast.spool.remove(path)
             else:
                 spool.unclaim(path)
 

@@ -3,7 +3,6 @@ structured fields as record attributes; format="json" makes the message one line
 of JSON.  The truth: the stuck thread's stack from traceback.extract_stack while it
 is stuck, its context, its ident and this pid."""
 
-import inspect
 import json
 import logging
 import os
@@ -15,6 +14,7 @@ import pytest
 import tbfast
 from tbfast import watchdog
 from conftest import truth
+from shipkit import StuckRequest, line_of
 
 FIELDS = ("pid", "worker", "trigger", "thread", "thread_ident", "context", "stuck_seconds",
           "spooled")
@@ -27,42 +27,11 @@ def records(tbfast_log):
     watchdog.configure(file=False, repeat=10.0)
 
 
-def line_of(function, text):
-    lines, first = inspect.getsourcelines(function)
-    return first + [i for i, line in enumerate(lines) if text in line][0]
-
-
-class StuckRequest(threading.Thread):
-    """A request thread stuck in wait_here() past its harakiri deadline until released;
-    `truth` is its stack (innermost first) taken while it is stuck."""
-
-    def __init__(self, context, deadline=0.2):
-        super().__init__(name="request-7", daemon=True)
-        self.context, self.deadline = context, deadline
-        self.release = threading.Event()
-
-    def run(self):
-        tbfast.set_context(self.context)
-        with tbfast.harakiri(self.deadline):
-            self.wait_here()
-        tbfast.set_context(None)
-
-    def wait_here(self):
-        self.release.wait(10)  # the stuck line
-
-    def stuck_until_logged(self, records):
-        self.start()
-        logged = records.wait_for(1)
-        self.truth = truth(self.ident)
-        self.release.set()
-        self.join(10)
-        return logged
-
-
 def test_harakiri_dump_is_one_json_record_with_the_documented_fields(records):
     watchdog.configure(file=False, format="json", repeat=10.0)
     request = StuckRequest("GET /orders/7 id=f00")
-    logged = request.stuck_until_logged(records)
+    request.stuck_until_logged(records)
+    logged = records.records
     assert len(logged) == 1
     record = logged[0]
     message = record.getMessage()
@@ -72,10 +41,10 @@ def test_harakiri_dump_is_one_json_record_with_the_documented_fields(records):
     for field in FIELDS:
         assert getattr(record, "tbfast_" + field) == line[field], field
     assert (line["pid"], line["trigger"], line["thread"], line["thread_ident"], line["context"],
-            line["spooled"]) == (os.getpid(), "harakiri", "request-7", request.ident,
+            line["spooled"]) == (os.getpid(), "harakiri", "request-9", request.ident,
                                  "GET /orders/7 id=f00", None)
     assert 0.2 <= line["stuck_seconds"] < 10 and record.levelno == logging.ERROR
-    assert line["message"].startswith("harakiri: thread request-7 (%#x) stuck for " % request.ident)
+    assert line["message"].startswith("harakiri: thread request-9 (%#x) stuck for " % request.ident)
     stuck = [thread for thread in line["dump"]["threads"] if thread["ident"] == request.ident]
     assert len(stuck) == 1 and stuck[0]["context"] == "GET /orders/7 id=f00"
     assert [(f["file"], f["line"], f["function"]) for f in stuck[0]["frames"]] == [
@@ -86,16 +55,17 @@ def test_harakiri_dump_is_one_json_record_with_the_documented_fields(records):
 def test_text_record_has_the_same_fields_for_formatters(records):
     watchdog.configure(file=False, format="text", repeat=10.0)
     request = StuckRequest("POST /pay id=abc")
-    record = request.stuck_until_logged(records)[0]
+    request.stuck_until_logged(records)
+    record = records.records[0]
     summary, _, dump = record.getMessage().partition("\n")
-    assert summary.startswith("harakiri: thread request-7 (%#x) stuck for " % request.ident)
+    assert summary.startswith("harakiri: thread request-9 (%#x) stuck for " % request.ident)
     assert dump.startswith("tbfast dump: pid=%d " % os.getpid())
     formatter = logging.Formatter("%(tbfast_pid)s %(tbfast_thread)s %(tbfast_context)s "
                                   "%(tbfast_trigger)s")
     assert formatter.format(record).startswith(
-        "%d request-7 POST /pay id=abc harakiri" % os.getpid())
+        "%d request-9 POST /pay id=abc harakiri" % os.getpid())
     assert record.tbfast == dict({field: getattr(record, "tbfast_" + field) for field in FIELDS},
-                                 thread_name="request-7")
+                                 thread_name="request-9")
 
 
 def test_signal_dump_with_log_is_one_json_record(records):
@@ -124,5 +94,6 @@ def test_signal_dump_without_log_makes_no_record(records, tmp_path):
         signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
     assert b"trigger=signal:SIGUSR1" in (tmp_path / "dump").read_bytes()
     request = StuckRequest("GET /after")  # a record that comes after any the signal made
-    assert len(request.stuck_until_logged(records)) == 1
+    request.stuck_until_logged(records)
+    assert len(records.records) == 1
     assert records.records[0].tbfast_trigger == "harakiri"

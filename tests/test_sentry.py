@@ -1,10 +1,9 @@
 """tbfast.sentry with the real sentry-sdk, against a loopback HTTP server that receives
-its envelopes (tests/sentry_receiver.py): one event per dump, whose threads,
+its envelopes (tests/shipkit.py): one event per dump, whose threads,
 frames, stuck-thread flag, tags and fingerprint are checked against the truth (the
 stuck thread's stack from traceback.extract_stack while it is stuck, and this
 file's source)."""
 
-import inspect
 import linecache
 import os
 import signal
@@ -19,7 +18,7 @@ from conftest import needs_core, truth
 sentry_sdk = pytest.importorskip("sentry_sdk")
 import tbfast.sentry  # noqa: E402 - needs sentry_sdk
 import tbfast.spool  # noqa: E402
-from sentry_receiver import Receiver  # noqa: E402
+from shipkit import Receiver, StuckRequest, line_of  # noqa: E402
 
 pytestmark = needs_core  # the spool, and so the sending of harakiri dumps, needs the core
 
@@ -43,42 +42,6 @@ def shipping(tmp_path, tbfast_log, monkeypatch):
     tbfast.unregister(signal.SIGUSR1)
     tbfast.disable_tracebacker()
     watchdog.configure(file=False, repeat=10.0)
-
-
-def line_of(function, text):
-    lines, first = inspect.getsourcelines(function)
-    return first + [i for i, line in enumerate(lines) if text in line][0]
-
-
-class StuckRequest(threading.Thread):
-    """A request stuck in wait_here() past its deadline until released; its stack
-    (innermost first) taken while it is stuck is `truth`."""
-
-    def __init__(self, context, name="request-9"):
-        super().__init__(name=name, daemon=True)
-        self.context = context
-        self.release = threading.Event()
-
-    def run(self):
-        tbfast.set_context(self.context)
-        with tbfast.harakiri(0.2):
-            self.wait_here(order_id=7)
-        tbfast.set_context(None)
-
-    def wait_here(self, order_id):
-        secret_token = "hunter2"  # noqa: F841 - a local the event must mask
-        self.release.wait(10)  # the stuck line
-
-    def stuck_until_logged(self, records, count=1, then=lambda: None):
-        """Stuck until the logger has `count` records and then() returned."""
-        self.start()
-        records.wait_for(count)
-        self.truth = truth(self.ident)
-        try:
-            return then()
-        finally:
-            self.release.set()
-            self.join(10)
 
 
 def event_of(receiver, seconds=10):
@@ -109,7 +72,7 @@ def test_harakiri_dump_is_one_event_with_threads_tags_and_fingerprint(receiver, 
     assert frames_of(stuck[0]) == [frame[:3] for frame in reversed(request.truth)]
     innermost_mine = stuck[0]["stacktrace"]["frames"][-3]
     stuck_line = line_of(StuckRequest.wait_here, "the stuck line")
-    source = linecache.getlines(__file__)
+    source = linecache.getlines(StuckRequest.wait_here.__code__.co_filename)
     assert (innermost_mine["function"], innermost_mine["lineno"]) == ("wait_here", stuck_line)
     assert innermost_mine["context_line"] == source[stuck_line - 1].rstrip("\n")
     assert innermost_mine["pre_context"] == [line.rstrip("\n")
@@ -137,7 +100,7 @@ def test_repeats_from_the_same_place_share_the_fingerprint(receiver, shipping, t
     tbfast.sentry.setup(receiver.dsn, spool_dir=shipping)
     for count in (1, 2):
         request = StuckRequest("GET /orders/%d" % count)
-        request.stuck_until_logged(tbfast_log, count)
+        request.stuck_until_logged(tbfast_log)
     events = receiver.wait_for(lambda events: len(events) >= 2, 10)
     assert len(events) == 2 and events[0]["event_id"] != events[1]["event_id"]
     assert events[0]["fingerprint"] == events[1]["fingerprint"]

@@ -1,6 +1,7 @@
-"""A loopback stand-in for a Sentry server: real HTTP on 127.0.0.1, envelopes parsed.
+"""Helpers for the tests of shipping dumps: a request thread stuck past its harakiri
+deadline, and a loopback stand-in for a Sentry server.
 
-sentry-sdk itself is not touched: it is given a DSN that points here, and sends
+The server is real HTTP on 127.0.0.1, its envelopes parsed.  sentry-sdk itself is not touched: it is given a DSN that points here, and sends
 what it would send to sentry.io.  The receiver decodes the body (gzip or br, as
 the SDK compresses it), parses the envelope (a header line, then each item's
 header line and payload) and keeps every event.  It can be down (bound, not
@@ -10,13 +11,65 @@ then.
 
 import gzip
 import http.server
+import inspect
 import json
 import socket
 import threading
 import time
 import zlib
 
+import tbfast
+from conftest import truth
+
 PROJECT = 42
+
+
+def line_of(function, text):
+    """The line of `text` in `function`'s source, from inspect."""
+    lines, first = inspect.getsourcelines(function)
+    return first + [i for i, line in enumerate(lines) if text in line][0]
+
+
+class StuckRequest(threading.Thread):
+    """A request thread stuck in wait_here() past its harakiri deadline until released;
+    `truth` is its stack (innermost first) taken while it is stuck; `finished` says
+    it went on and ended normally."""
+
+    def __init__(self, context, name="request-9", deadline=0.2):
+        super().__init__(name=name, daemon=True)
+        self.context, self.deadline = context, deadline
+        self.release = threading.Event()
+        self.finished = False
+
+    def run(self):
+        tbfast.set_context(self.context)
+        with tbfast.harakiri(self.deadline):
+            self.wait_here(order_id=7)
+        tbfast.set_context(None)
+        self.finished = True
+
+    def wait_here(self, order_id):
+        secret_token = "hunter2"  # noqa: F841 - a local the Sentry event must mask
+        self.release.wait(10)  # the stuck line
+
+    def stuck_until_logged(self, records, then=lambda: None):
+        """Stuck until the logger has the record of this thread's harakiri dump (10 s
+        at most) and then() returned; then()'s value."""
+        before = len(records.records)  # a thread that ended may have had this ident
+        self.start()
+        deadline = time.monotonic() + 10
+        while not self.logged(records, before) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.truth = truth(self.ident)
+        try:
+            return then()
+        finally:
+            self.release.set()
+            self.join(10)
+
+    def logged(self, records, since=0):
+        return [record for record in records.records[since:]
+                if getattr(record, "tbfast_thread_ident", None) == self.ident]
 
 
 def parse_envelope(body):
