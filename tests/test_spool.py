@@ -169,8 +169,10 @@ def test_full_spool_says_so_and_what_had_room_arrives(shipping, receiver, tbfast
     assert len(full) == 1 and "is full (max_count=2)" in full[0]
 
     receiver.listen()
-    events = receiver.wait_for(lambda events: len(events) >= 2, 10)
-    assert sorted(event["tags"]["tbfast.context"] for event in events) == [
-        "GET /full/0", "GET /full/1"]
-    assert receiver.wait_for(lambda _: not spooled(shipping), 5) is not None
+    assert receiver.wait_for(lambda _: not spooled(shipping), 10) is not None
     assert spooled(shipping) == []
+    # The third was sent at once from its JSON log copy, and arrives only if the
+    # receiver came up before that one try.
+    contexts = [event["tags"]["tbfast.context"] for event in receiver.events()]
+    assert {"GET /full/0", "GET /full/1"} <= set(contexts) <= {
+        "GET /full/0", "GET /full/1", "GET /full/2"}
