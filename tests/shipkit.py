@@ -13,15 +13,35 @@ import gzip
 import http.server
 import inspect
 import json
+import signal
 import socket
 import threading
 import time
 import zlib
 
+import pytest
+
 import tbfast
+from tbfast import watchdog
 from conftest import truth
 
 PROJECT = 42
+
+
+@pytest.fixture
+def shipping(tmp_path, tbfast_log, monkeypatch):
+    """JSON dumps, the logger's records, retries every 0.2 s, and a spool directory
+    (the value) for tbfast.sentry.setup(); all undone at the end."""
+    import tbfast.sentry  # here: test_logging.py runs without sentry-sdk
+    monkeypatch.setattr(watchdog, "RETRY_SECONDS", 0.2)
+    monkeypatch.delenv("SENTRY_DSN", raising=False)
+    watchdog.configure(file=False, format="json", repeat=10.0)
+    yield tmp_path / "spool"
+    tbfast.sentry.shutdown()
+    tbfast.spool.configure(None)
+    tbfast.unregister(signal.SIGUSR1)
+    tbfast.disable_tracebacker()
+    watchdog.configure(file=False, repeat=10.0)
 
 
 def line_of(function, text):

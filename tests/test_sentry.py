@@ -12,13 +12,12 @@ import threading
 import pytest
 
 import tbfast
-from tbfast import watchdog
 from conftest import needs_core, truth
 
 sentry_sdk = pytest.importorskip("sentry_sdk")
 import tbfast.sentry  # noqa: E402 - needs sentry_sdk
 import tbfast.spool  # noqa: E402
-from shipkit import Receiver, StuckRequest, line_of  # noqa: E402
+from shipkit import Receiver, StuckRequest, line_of, shipping  # noqa: E402,F401 - a fixture
 
 pytestmark = needs_core  # the spool, and so the sending of harakiri dumps, needs the core
 
@@ -28,20 +27,6 @@ def receiver():
     server = Receiver()
     yield server
     server.close()
-
-
-@pytest.fixture
-def shipping(tmp_path, tbfast_log, monkeypatch):
-    """JSON dumps, the logger's records, a spool directory; all undone at the end."""
-    monkeypatch.setattr(watchdog, "RETRY_SECONDS", 0.2)
-    monkeypatch.delenv("SENTRY_DSN", raising=False)
-    watchdog.configure(file=False, format="json", repeat=10.0)
-    yield tmp_path / "spool"
-    tbfast.sentry.shutdown()
-    tbfast.spool.configure(None)
-    tbfast.unregister(signal.SIGUSR1)
-    tbfast.disable_tracebacker()
-    watchdog.configure(file=False, repeat=10.0)
 
 
 def event_of(receiver, seconds=10):

@@ -19,7 +19,7 @@ from conftest import needs_core
 sentry_sdk = pytest.importorskip("sentry_sdk")
 import tbfast.sentry  # noqa: E402 - needs sentry_sdk
 import tbfast.spool  # noqa: E402
-from shipkit import Receiver, StuckRequest  # noqa: E402
+from shipkit import Receiver, StuckRequest, shipping  # noqa: E402,F401 - a fixture
 
 pytestmark = needs_core
 
@@ -38,17 +38,6 @@ KILLED_WORKER = textwrap.dedent('''
 
     stuck_in_sum()
 ''')
-
-
-@pytest.fixture
-def shipping(tmp_path, tbfast_log, monkeypatch):
-    monkeypatch.setattr(watchdog, "RETRY_SECONDS", 0.2)
-    monkeypatch.delenv("SENTRY_DSN", raising=False)
-    watchdog.configure(file=False, format="json", repeat=10.0)
-    yield tmp_path / "spool"
-    tbfast.sentry.shutdown()
-    tbfast.spool.configure(None)
-    watchdog.configure(file=False, repeat=10.0)
 
 
 @pytest.fixture
