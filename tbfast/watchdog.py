@@ -77,7 +77,7 @@ class _Watchdog:
                 import json
                 import logging
                 import queue
-                from . import spool  # noqa: F401 - the shipper finds it as tbfast.spool
+                from . import spool  # the shipper finds it as tbfast.spool
                 logger = logging.getLogger("tbfast")
                 self.shipper = Shipper(queue, logger, json)
                 read_end, notify = os.pipe2(os.O_CLOEXEC)
@@ -87,6 +87,8 @@ class _Watchdog:
                                                name="tbfast-watchdog-log", daemon=True)
                 self.reader.start()
                 threading.Thread(target=self.shipper.run, name="tbfast-ship", daemon=True).start()
+                if spool.current() is not None:  # a forked child: what its siblings left
+                    self.shipper.jobs.put(("orphans",))
             self.log = bool(log)
             self.format = format
             self.file = file  # keeps a file object, so its fd stays open
