@@ -277,11 +277,22 @@ class Shipper:
 
 
 def _thread_of(document, ident):
+    """Thread `ident` of a dump; with None, the one it is about: the stuck one, else
+    the dumping one.  {} when there is none."""
     threads = document["threads"]
     for thread in threads:
         if thread["ident"] == ident or ident is None and "stuck_seconds" in thread:
             return thread
-    return next((thread for thread in threads if thread["current"]), threads[0] if threads else {})
+    if ident is not None:
+        return {}
+    return next((thread for thread in threads if thread["current"]), {})
+
+
+def _text_trigger(dump, kind):
+    """The trigger in a text dump's header (the uwsgi format has none)."""
+    if dump.startswith("tbfast dump: ") and " trigger=" in dump:
+        return dump.split(" trigger=", 1)[1].split(" ", 1)[0]
+    return "harakiri" if kind == _KIND_HARAKIRI else "signal"
 
 
 def _text_context(dump, ident):
@@ -306,8 +317,7 @@ def log_fields(kind, ident, stuck_ns, dump, document, json, spooled=None, orphan
         trigger = document["trigger"]
     else:
         stuck = stuck_ns / 1e9 if kind == _KIND_HARAKIRI else None
-        trigger = document["trigger"] if document is not None else (
-            "harakiri" if kind == _KIND_HARAKIRI else "signal")
+        trigger = document["trigger"] if document is not None else _text_trigger(dump, kind)
     live = threading._active.get(ident) if not orphan else None
     name = thread.get("name") or (live.name if live is not None else None)
     if "context" in thread or dump is None:

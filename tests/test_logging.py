@@ -13,7 +13,7 @@ import pytest
 
 import tbfast
 from tbfast import watchdog
-from conftest import truth
+from conftest import needs_core, truth
 from shipkit import StuckRequest, line_of
 
 FIELDS = ("pid", "worker", "trigger", "thread", "thread_ident", "context", "stuck_seconds",
@@ -68,6 +68,7 @@ def test_text_record_has_the_same_fields_for_formatters(records):
                                  thread_name="request-9")
 
 
+@needs_core  # the fallback's Python handler shows its own frame innermost
 def test_signal_dump_with_log_is_one_json_record(records):
     watchdog.configure(file=False, format="json", repeat=10.0)
     tbfast.register(signal.SIGUSR1, False, format="json", log=True)
@@ -86,6 +87,21 @@ def test_signal_dump_with_log_is_one_json_record(records):
     assert frames[1:] == [frame[:3] for frame in expected[1:]]
     file, line, function, _ = expected[0]
     assert frames[0] == (file, line + 1, function)  # the pthread_kill line, under truth()'s
+
+
+def test_text_signal_record_names_its_signal_and_context(records):
+    watchdog.configure(file=False, repeat=10.0)
+    tbfast.register(signal.SIGUSR1, False, log=True)
+    tbfast.set_context("cron job 4")
+    signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+    tbfast.set_context(None)
+    record = records.wait_for(1)[0]
+    assert (record.tbfast_trigger, record.tbfast_thread, record.tbfast_context) == (
+        "signal:SIGUSR1", "MainThread", "cron job 4")
+    summary, _, dump = record.getMessage().partition("\n")
+    assert summary == "signal:SIGUSR1: dump from thread MainThread (%#x)" % threading.get_ident()
+    assert dump.startswith("tbfast dump: pid=%d " % os.getpid())
+    assert "trigger=signal:SIGUSR1 " in dump.splitlines()[0]
 
 
 def test_signal_dump_without_log_makes_no_record(records, tmp_path):
