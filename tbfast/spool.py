@@ -136,7 +136,8 @@ def configure(directory, max_count=DEFAULT_MAX_COUNT):
     """Spool harakiri dumps (and signal dumps registered with log=True) to `directory`,
     at most `max_count` files at once; None turns the spool off.
 
-    The directory is created (0700) if missing, and must be writable.  Dumps that
+    The directory is created (0700) if missing; it must belong to this user and be
+    writable by it alone.  Dumps that
     processes now gone left there are shipped, then removed, by the watchdog's
     Python side, once Python runs.
     """
@@ -155,7 +156,14 @@ def configure(directory, max_count=DEFAULT_MAX_COUNT):
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if not stat.S_ISDIR(os.fstat(fd).st_mode) or not os.access(directory, os.W_OK | os.X_OK):
+        status = os.fstat(fd)
+        if status.st_uid != os.geteuid() or status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            # dumps hold request data: not into a directory another user may read or swap
+            raise PermissionError("tbfast: spool directory %s must belong to uid %d and be "
+                                  "writable by it alone (it is uid %d, mode %o)" % (
+                                      directory, os.geteuid(), status.st_uid,
+                                      stat.S_IMODE(status.st_mode)))
+        if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionError("tbfast: spool directory %s is not writable" % directory)
         spool = Spool(directory, max_count)
         tbfast._impl.spool_configure(fd, spool.count(), max_count, spool.first_seq)

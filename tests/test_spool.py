@@ -110,6 +110,11 @@ def test_bad_dsn_is_a_clear_error(shipping):
         tbfast.sentry.setup(spool_dir=shipping)
     with pytest.raises(ValueError, match="max_count must be a positive int"):
         tbfast.spool.configure(shipping, max_count=0)
+    shipping.mkdir(mode=0o777)
+    os.chmod(shipping, 0o777)  # whatever the umask
+    with pytest.raises(PermissionError, match="writable by it alone"):
+        tbfast.spool.configure(shipping)
+    assert tbfast.spool.current() is None
 
 
 def test_receiver_down_keeps_the_dump_until_it_is_up(shipping, receiver, tbfast_log):
