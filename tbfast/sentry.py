@@ -173,6 +173,8 @@ def send(document, key):
 def capture(all_threads=True):
     """A dump of this process now, as one Sentry event, sent (waited for at most the
     setup's timeout) from this thread; returns the event id, or None if not sent."""
+    if _state.client is None:
+        raise RuntimeError("tbfast.sentry.capture(): call tbfast.sentry.setup() first")
     document = json.loads(tbfast.format_traceback(all_threads, format="json"))
     key = "capture.%d.%s.%d" % (os.getpid(), document["time"], threading.get_ident())
     return _event_id(key) if send(document, key) else None

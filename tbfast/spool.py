@@ -30,6 +30,7 @@ import tbfast
 
 DEFAULT_MAX_COUNT = 100
 _DUMP = re.compile(r"dump\.(\d+)\.(\d+)\.json$")
+_TEMPORARY = re.compile(r"tmp\.(\d+)\.\d+$")
 _CLAIMED = re.compile(r"claim\.(\d+)\.(dump\.\d+\.\d+\.json)$")
 _logger = logging.getLogger("tbfast")
 
@@ -42,21 +43,25 @@ class Spool:
         self.max_count = max_count
         self.first_seq = time.time_ns()  # numbers of this process's files start here
 
-    def path(self, seq, pid=None):
-        return os.path.join(self.directory, "dump.%d.%d.json" % (pid or os.getpid(), seq))
+    def path(self, seq):
+        """This process's spool file number `seq`."""
+        return os.path.join(self.directory, "dump.%d.%d.json" % (os.getpid(), seq))
 
     def count(self):
         return sum(1 for name in os.listdir(self.directory) if _DUMP.match(name))
 
     def orphans(self):
-        """(path, pid) of the dumps whose process is gone, each claimed for this one by a
+        """The paths of the dumps whose process is gone, each claimed for this one by a
         rename (so two processes never ship the same file); claims of a process that
-        died while shipping are taken back first."""
-        names = os.listdir(self.directory)
-        for name in names:
+        died while shipping are taken back first, and the half-written files of a
+        process that died while writing go."""
+        for name in os.listdir(self.directory):
             claimed = _CLAIMED.match(name)
             if claimed and not _alive(int(claimed.group(1))):
                 _rename(self.directory, name, claimed.group(2))
+            half_written = _TEMPORARY.match(name)
+            if half_written and not _alive(int(half_written.group(1))):
+                os.unlink(os.path.join(self.directory, name))
         found = []
         for name in sorted(os.listdir(self.directory)):
             dump = _DUMP.match(name)
@@ -67,7 +72,7 @@ class Spool:
                 continue  # this process's own (its reader ships them), or a live one's
             claim = "claim.%d.%s" % (os.getpid(), name)
             if _rename(self.directory, name, claim):
-                found.append((os.path.join(self.directory, claim), pid))
+                found.append(os.path.join(self.directory, claim))
         return found
 
     def unclaim(self, path):
@@ -76,15 +81,6 @@ class Spool:
         claimed = _CLAIMED.match(name)
         if claimed:
             _rename(directory, name, claimed.group(2))
-
-    def own_waiting(self):
-        """This process's files that are still here: their send failed."""
-        paths = []
-        for name in sorted(os.listdir(self.directory)):
-            dump = _DUMP.match(name)
-            if dump and int(dump.group(1)) == os.getpid() and int(dump.group(2)) > self.first_seq:
-                paths.append(os.path.join(self.directory, name))
-        return paths
 
 
 def read(path):

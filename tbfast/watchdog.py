@@ -262,7 +262,7 @@ class Shipper:
         spool = tbfast.spool.current()
         if spool is None:
             return
-        for path, pid in spool.orphans():
+        for path in spool.orphans():
             document = tbfast.spool.read(path)
             if document is None:
                 continue

@@ -75,7 +75,7 @@ def test_dump_of_a_worker_killed_while_holding_the_gil_reaches_sentry_from_the_n
     files = spooled(shipping)
     assert len(files) == 1 and files[0].startswith("dump.%d." % worker.pid)
     assert not [name for name in os.listdir(shipping) if name.startswith("tmp.")]
-    # A half-written file of another dead process is never sent.
+    # A half-written file of another dead process is never sent, but removed.
     (shipping / "tmp.999999999.1").write_bytes(b'{"tbfast": 1, "pid": 9')
 
     receiver.listen()
@@ -98,16 +98,17 @@ def test_dump_of_a_worker_killed_while_holding_the_gil_reaches_sentry_from_the_n
     line = json.loads(logged[0].getMessage())
     assert line["message"].endswith("in pid %d, now gone (from the spool)" % worker.pid)
     assert line["context"] == "GET /sum id=dead" and line["thread"] == "MainThread"
-    left = ["tmp.999999999.1"]
-    assert receiver.wait_for(lambda _: os.listdir(shipping) == left, 5) is not None
-    assert os.listdir(shipping) == left
+    assert receiver.wait_for(lambda _: not os.listdir(shipping), 5) is not None
+    assert os.listdir(shipping) == []
 
 
-def test_bad_dsn_is_a_clear_error(shipping):
+def test_bad_dsn_and_bad_settings_are_clear_errors(shipping):
     with pytest.raises(ValueError, match="tbfast.sentry: bad DSN 'not a dsn'"):
         tbfast.sentry.setup("not a dsn", spool_dir=shipping)
     with pytest.raises(ValueError, match="tbfast.sentry: no DSN"):
         tbfast.sentry.setup(spool_dir=shipping)
+    with pytest.raises(RuntimeError, match="call tbfast.sentry.setup"):
+        tbfast.sentry.capture()
     with pytest.raises(ValueError, match="max_count must be a positive int"):
         tbfast.spool.configure(shipping, max_count=0)
     shipping.mkdir(mode=0o777)
