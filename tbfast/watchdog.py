@@ -186,6 +186,8 @@ class Shipper:
         self.json = json
         self.senders = []
         self.waiting = []  # this process's spool files whose send failed
+        self.orphans_left = False  # a dead process's file whose send failed
+        self.orphans_logged = set()  # their names, so that a retry logs none twice
 
     def live(self, kind, ident, stuck_ns, dump, spooled):
         """In the reader thread: a dump the watchdog or a signal handler just took."""
@@ -219,7 +221,8 @@ class Shipper:
         """The shipping thread: each job in turn; failed sends again every RETRY_SECONDS."""
         while True:
             try:
-                job = self.jobs.get(timeout=RETRY_SECONDS if self.waiting else None)
+                job = self.jobs.get(timeout=RETRY_SECONDS if self.waiting or self.orphans_left
+                                    else None)
             except self.empty:
                 job = ("retry",)
             try:
@@ -257,23 +260,32 @@ class Shipper:
         for path in waiting:
             if spool is not None and os.path.dirname(path) == spool.directory:
                 self.send(path, None, os.path.basename(path))
+        if self.orphans_left:
+            self.orphans()
 
     def orphans(self):
+        """Logs and sends the dumps of processes that are gone; each goes once sent."""
         spool = tbfast.spool.current()
+        self.orphans_left = False
         if spool is None:
             return
         for path in spool.orphans():
+            name = os.path.basename(path).split(".", 2)[2]  # claim.<pid>.<name>
             document = tbfast.spool.read(path)
             if document is None:
                 continue
-            if _watchdog.log:
+            if _watchdog.log and name not in self.orphans_logged:
                 args, extra = log_fields(None, None, None, None, document, self.json,
-                                         spooled=path, orphan=True)
+                                         spooled=os.path.join(spool.directory, name),
+                                         orphan=True)
                 self.logger.error(*args, extra=extra)
-            if self.deliver(document, os.path.basename(path).split(".", 2)[2]):
+                self.orphans_logged.add(name)
+            if self.deliver(document, name):
                 tbfast.spool.remove(path)
+                self.orphans_logged.discard(name)
             else:
                 spool.unclaim(path)
+                self.orphans_left = True
 
 
 def _thread_of(document, ident):

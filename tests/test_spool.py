@@ -62,18 +62,24 @@ def spooled(directory):
     return sorted(name for name in os.listdir(directory) if name.startswith("dump."))
 
 
-def test_dump_of_a_worker_killed_while_holding_the_gil_reaches_sentry_from_the_next_process(
-        shipping, receiver, tbfast_log, tmp_path):
-    script = tmp_path / "worker.py"
+def killed_worker(script, spool):
+    """Runs KILLED_WORKER to its harakiri SIGKILL; the Popen, once it is dead."""
     script.write_text(KILLED_WORKER)
-    worker = subprocess.Popen([sys.executable, str(script), str(shipping)],
+    worker = subprocess.Popen([sys.executable, str(script), str(spool)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env=dict(os.environ, PYTHONSAFEPATH="1"))
     _, stderr = worker.communicate(timeout=60)
     assert worker.returncode == -9, stderr.decode()
     assert b"trigger=harakiri" in stderr  # the fd dump, written before the kill
-    files = spooled(shipping)
+    files = spooled(spool)
     assert len(files) == 1 and files[0].startswith("dump.%d." % worker.pid)
+    return worker
+
+
+def test_dump_of_a_worker_killed_while_holding_the_gil_reaches_sentry_from_the_next_process(
+        shipping, receiver, tbfast_log, tmp_path):
+    script = tmp_path / "worker.py"
+    worker = killed_worker(script, shipping)
     assert not [name for name in os.listdir(shipping) if name.startswith("tmp.")]
     # A half-written file of another dead process is never sent, but removed.
     (shipping / "tmp.999999999.1").write_bytes(b'{"tbfast": 1, "pid": 9')
@@ -171,3 +177,18 @@ def test_full_spool_says_so_and_what_had_room_arrives(shipping, receiver, tbfast
     contexts = [event["tags"]["tbfast.context"] for event in receiver.events()]
     assert {"GET /full/0", "GET /full/1"} <= set(contexts) <= {
         "GET /full/0", "GET /full/1", "GET /full/2"}
+
+
+def test_dump_of_a_dead_process_waits_for_a_receiver_that_is_down(shipping, receiver,
+                                                                 tbfast_log, tmp_path):
+    worker = killed_worker(tmp_path / "worker.py", shipping)
+    tbfast.sentry.setup(receiver.dsn, spool_dir=shipping, timeout=5)
+    assert messages(tbfast_log, "not sent to Sentry", wait=10)
+    assert len(spooled(shipping)) == 1  # given back under its own name
+    receiver.listen()
+    events = receiver.wait_for(lambda events: len(events) >= 1, 10)
+    assert [event["tags"]["tbfast.pid"] for event in events] == [str(worker.pid)]
+    assert receiver.wait_for(lambda _: not os.listdir(shipping), 5) is not None
+    assert os.listdir(shipping) == []
+    gone = messages(tbfast_log, "now gone (from the spool)")
+    assert len(gone) == 1  # logged once, however many tries the send took
