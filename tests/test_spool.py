@@ -108,9 +108,12 @@ def test_dump_of_a_worker_killed_while_holding_the_gil_reaches_sentry_from_the_n
     assert os.listdir(shipping) == []
 
 
-def test_bad_dsn_and_bad_settings_are_clear_errors(shipping):
+def test_bad_dsn_and_bad_settings_are_clear_errors(shipping, tbfast_log):
     with pytest.raises(ValueError, match="tbfast.sentry: bad DSN 'not a dsn'"):
         tbfast.sentry.setup("not a dsn", spool_dir=shipping)
+    request = StuckRequest("GET /after-bad-dsn")  # dumps are still taken and logged
+    request.stuck_until_logged(tbfast_log)
+    assert request.finished and request.logged(tbfast_log)
     with pytest.raises(ValueError, match="tbfast.sentry: no DSN"):
         tbfast.sentry.setup(spool_dir=shipping)
     with pytest.raises(RuntimeError, match="call tbfast.sentry.setup"):
