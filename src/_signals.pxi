@@ -17,6 +17,7 @@ cdef struct SignalSlot:
     bint all_threads
     bint chain
     int format
+    bint log                   # also spooled and handed to the `tbfast` logger (_watchdog.pxi)
     char trigger[48]
     sigaction_t previous
 
@@ -31,7 +32,10 @@ cdef void on_signal(int signum, siginfo_t *info, void *context) noexcept nogil:
     cdef DumpRequest request
     request_init(&request, signal_interp, slot.trigger, tb_thread_self(), False)
     request.all_threads = slot.all_threads
-    dump_to_fd_nogil(slot.fd, &request, slot.format, SIGNAL_WRITE_MS)
+    if slot.log:
+        hand_to_python(&request, slot.format, slot.fd, request.current_ident, 0, KIND_SIGNAL)
+    else:
+        dump_to_fd_nogil(slot.fd, &request, slot.format, SIGNAL_WRITE_MS)
     if slot.chain:
         chain_previous(signum, info, context, slot)
     tb_set_errno(saved_errno)
@@ -52,7 +56,7 @@ cdef void chain_previous(int signum, siginfo_t *info, void *context, SignalSlot 
 
 
 cdef int signal_install(int signum, int fd, bint all_threads, bint chain, int format,
-                        bytes trigger) except -1:
+                        bytes trigger, bint log) except -1:
     """Installs (or updates) the handler for one signal.  GIL held."""
     cdef SignalSlot *slot = &signal_slots[signum]
     cdef sigaction_t action
@@ -66,6 +70,7 @@ cdef int signal_install(int signum, int fd, bint all_threads, bint chain, int fo
     slot.all_threads = all_threads
     slot.chain = chain
     slot.format = format
+    slot.log = log
     sigemptyset(&action.sa_mask)
     action.sa_sigaction = <void (*)(int, siginfo_t *, void *) noexcept nogil>on_signal
     action.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK

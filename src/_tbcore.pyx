@@ -371,8 +371,42 @@ cdef extern from "Python.h":
     int PyThreadState_SetAsyncExc(unsigned long ident, PyObject *exception)
 
 
-def register(int signum, int fd, bint all_threads, bint chain, str fmt, str signame):
-    signal_install(signum, fd, all_threads, chain, FORMATS[fmt], ("signal:" + signame).encode())
+def register(int signum, int fd, bint all_threads, bint chain, str fmt, str signame,
+             bint log=False):
+    """log: also spool the dump and hand it to the watchdog's Python side (its pipe)."""
+    signal_install(signum, fd, all_threads, chain, FORMATS[fmt], ("signal:" + signame).encode(),
+                   log)
+
+
+def spool_configure(int dir_fd, unsigned int found, unsigned int max_count,
+                    unsigned long long first_seq):
+    """The spool directory (an fd the core keeps; -1: no spool), the dump files already
+    in it, how many it may hold, and where numbering starts.  GIL held; a dump
+    running meanwhile uses the old directory or the new one, each whole."""
+    cdef int previous = spool.dir_fd
+    spool.count = found
+    spool.max_count = max_count
+    spool.seq = first_seq
+    if previous >= 0 and dir_fd >= 0:
+        if dup3(dir_fd, previous, O_CLOEXEC) < 0:  # atomically: no dump sees a closed fd
+            raise OSError(errno, "tbfast: cannot install the spool directory's fd")
+        close(dir_fd)
+        return
+    spool.dir_fd = dir_fd
+    if previous >= 0:
+        close(previous)
+
+
+def spool_shipped(unsigned int count):
+    """`count` spool files were shipped and removed: room for as many new dumps."""
+    cdef unsigned int i
+    for i in range(count):
+        if tb_load_uint(&spool.count) > 0:
+            tb_unbump(&spool.count)
+
+
+cdef extern from "<unistd.h>" nogil:
+    int dup3(int oldfd, int newfd, int flags)
 
 
 def unregister(int signum):

@@ -43,6 +43,7 @@ if HAS_CORE:
 
 from .saferepr import safe_repr  # noqa: E402 - locals need reprs, so the GIL:
 # those dumps come from the pure-Python formatter (_fallback) whether or not the core is in use.
+from . import watchdog  # noqa: E402 - needs _impl
 from .watchdog import (  # noqa: E402 - needs _impl
     HarakiriError, cancel_dump_traceback_later, dump_traceback_later, harakiri)
 
@@ -110,16 +111,21 @@ def format_traceback(all_threads=True, *, format="text", locals=False):
 _registered_files = {}
 
 
-def register(signum, file=None, all_threads=True, chain=False, *, format="text"):
+def register(signum, file=None, all_threads=True, chain=False, *, format="text", log=False):
     """Dump on signal `signum`, from a C-level handler when the core is in use:
     the dump is written even while the GIL holder is stuck in C.
 
     With chain=True the handler that was there before runs after the dump.
+    With log=True the dump also goes to the `tbfast` logger once Python runs, to
+    the spool (tbfast.spool) and to Sentry (tbfast.sentry), as harakiri dumps do;
+    file=False then leaves out the fd.
     """
     _check_format(format)
     signum = _valid_signal(signum)
-    fd = _fileno(file)
-    _impl.register(signum, fd, all_threads, chain, format, _signal_name(signum))
+    fd = -1 if file is False and log else _fileno(file)
+    if log:
+        watchdog.ensure_configured()  # its Python side logs and ships
+    _impl.register(signum, fd, all_threads, chain, format, _signal_name(signum), log)
     _registered_files[signum] = file  # keeps the file, so its fd stays open
 
 

@@ -264,10 +264,14 @@ def get_context():
 _registered = {}
 
 
-def register(signum, fd, all_threads, chain, fmt, signame):
+def register(signum, fd, all_threads, chain, fmt, signame, log=False):
     """A Python-level handler: it runs only when the main thread runs Python."""
     def handler(number, frame):
-        dump_to_fd(fd, all_threads, fmt, 0, "signal:" + signame)
+        dump = format_dump(all_threads, fmt, 0, "signal:" + signame)
+        if fd >= 0:
+            write_all(fd, dump)
+        if log:
+            _notify(threading.get_ident(), 0, KIND_SIGNAL, dump)
         if chain and callable(previous):
             previous(number, frame)
 
@@ -287,5 +291,5 @@ def configure(buffer_size):
 
 
 from ._fallback_watchdog import (  # noqa: E402,F401 - the same names as the core's
-    HarakiriScope, cancel_dump_later, dump_later, raise_in_thread, take_mailbox,
-    watchdog_configure)
+    KIND_SIGNAL, HarakiriScope, _notify, cancel_dump_later, dump_later, raise_in_thread,
+    take_mailbox, watchdog_configure)

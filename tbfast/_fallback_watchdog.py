@@ -13,8 +13,9 @@ import struct
 import threading
 import time
 
-_RECORD = struct.Struct("=4Q")
+_RECORD = struct.Struct("=5Q")  # as tbfast/watchdog.py reads it
 ACTIONS = ("log", "raise", "abort")
+KIND_SIGNAL = 2  # a signal dump for the logger, as the core's
 
 
 SCOPE_DEPTH = 16  # harakiri scopes one thread may nest, as in the core
@@ -119,7 +120,7 @@ def _notify(ident, stuck_ns, kind, dump):
     if dump is not None:
         mailbox = next(_state.mailbox_ids) + 1
         _state.mailboxes[mailbox - 1] = dump
-    os.write(_state.notify_fd, _RECORD.pack(ident, stuck_ns, kind, mailbox))
+    os.write(_state.notify_fd, _RECORD.pack(ident, stuck_ns, kind, mailbox, 0))
 
 
 def _expire(ident, entry, now):
