@@ -105,7 +105,8 @@ def setup(dsn=None, *, timeout=DEFAULT_TIMEOUT, with_locals=False, spool_dir=Non
     """Send every dump to Sentry from now on.
 
     dsn: the project's DSN; default: the one sentry_sdk.init() was given, else
-    $SENTRY_DSN.  A bad one raises ValueError.  timeout: seconds each send waits for
+    $SENTRY_DSN (none at all raises ValueError).  A bad one logs one error line and
+    returns None: the dumps are still spooled and logged.  timeout: seconds each send waits for
     the server.  with_locals: add each frame's locals (tbfast.saferepr: bounded,
     masked) when its thread still runs there.  spool_dir: where dumps wait until sent
     (default: $TMPDIR/tbfast-spool-<uid>, unless tbfast.spool is configured already;
@@ -126,7 +127,12 @@ def setup(dsn=None, *, timeout=DEFAULT_TIMEOUT, with_locals=False, spool_dir=Non
                                    default_integrations=False, auto_enabling_integrations=False,
                                    **options)
     except BadDsn as error:
-        raise ValueError("tbfast.sentry: bad DSN %r: %s" % (dsn, error)) from None
+        # A setting read at a worker's start: the worker must come up all the same, and
+        # its dumps, spooled, still reach the log, even from a worker killed while stuck.
+        _configure_spool(spool_dir, spool_max)
+        _logger.error("tbfast.sentry: bad DSN %r: %s; nothing is sent to Sentry, dumps are "
+                      "still logged", dsn, error)
+        return None
     previous = _state.client
     _state.client, _state.scope = client, sentry_sdk.Scope(client=client)
     _state.timeout, _state.with_locals = float(timeout), bool(with_locals)
@@ -137,11 +143,15 @@ def setup(dsn=None, *, timeout=DEFAULT_TIMEOUT, with_locals=False, spool_dir=Non
         tbfast.watchdog.add_sender(send)
     else:
         previous.close(timeout=0)
+    _configure_spool(spool_dir, spool_max)
+    return client
+
+
+def _configure_spool(spool_dir, spool_max):
     if spool_dir is not False and tbfast.HAS_CORE and (
             spool_dir is not None or tbfast.spool.current() is None):
         tbfast.spool.configure(spool_dir or os.path.join(
             tempfile.gettempdir(), "tbfast-spool-%d" % os.getuid()), spool_max)
-    return client
 
 
 def shutdown():
