@@ -15,9 +15,10 @@ import signal
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import tbfast
+from measure import RoundSeries, choose_n
 
 VARIANTS = ("tbfast.harakiri", "tbfast scope made once", "faulthandler", "setitimer", "empty loop")
 TBFAST_VARIANTS = VARIANTS[:2]
@@ -70,17 +71,6 @@ LOOPS = {"tbfast.harakiri": _tbfast, "tbfast scope made once": _tbfast_made_once
 
 
 @dataclass
-class Series:
-    variant: str
-    n: int
-    per_pair_ns: list = field(default_factory=list)  # one a round
-
-    @property
-    def median(self):
-        return statistics.median(self.per_pair_ns)
-
-
-@dataclass
 class Result:
     threads: int
     rounds: int
@@ -88,8 +78,8 @@ class Result:
 
     def net(self, variant):
         """Per-round ns per pair minus the empty loop's, same round."""
-        return [a - b for a, b in zip(self.series[variant].per_pair_ns,
-                                      self.series["empty loop"].per_pair_ns)]
+        return [a - b for a, b in zip(self.series[variant].times_ns,
+                                      self.series["empty loop"].times_ns)]
 
 
 def deciles(values):
@@ -140,17 +130,6 @@ class _Crew:
             thread.join()
 
 
-def _choose_n(loop, block_ns):
-    n = 64
-    while True:
-        started = time.perf_counter_ns()
-        loop(n)
-        spent = time.perf_counter_ns() - started
-        if spent >= block_ns / 4 or n >= 1 << 24:
-            return max(1, int(n * block_ns / max(spent, 1)))
-        n *= 4
-
-
 def measure(threads=1, max_rounds=100, seconds=4.0, block_ms=3.0, seed=1):
     tbfast.watchdog.configure(file=False)
     crew = _Crew(threads) if threads > 1 else None
@@ -158,9 +137,9 @@ def measure(threads=1, max_rounds=100, seconds=4.0, block_ms=3.0, seed=1):
         series = {}
         for variant in VARIANTS:
             loop = LOOPS[variant]
-            n = _choose_n(loop, block_ms * 1e6)
+            n = choose_n(loop, block_ms * 1e6)
             n = max(1, n // threads)
-            series[variant] = Series(variant, n)
+            series[variant] = RoundSeries(variant, n)
             loop(n)  # warm
         order = list(VARIANTS)
         shuffle = random.Random(seed).shuffle
@@ -176,7 +155,7 @@ def measure(threads=1, max_rounds=100, seconds=4.0, block_ms=3.0, seed=1):
                     spent = time.perf_counter_ns() - started
                 else:
                     spent = crew.run(LOOPS[variant], one.n)
-                one.per_pair_ns.append(spent / (one.n * threads))
+                one.times_ns.append(spent / (one.n * threads))
             rounds += 1
     finally:
         if crew is not None:

@@ -52,12 +52,13 @@ ENVIRON = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/hello",
            "HTTP_X_REQUEST_ID": "bench-1"}
 
 
-def serve_requests(app, n):
+def serve_requests(app, environ, n):
+    """n requests of `environ` through a WSGI app, its body read and closed."""
     def start_response(status, headers, exc_info=None):
         return None
     body = 0
     for _ in range(n):
-        result = app(dict(ENVIRON), start_response)
+        result = app(dict(environ), start_response)
         try:
             for chunk in result:
                 body += len(chunk)
@@ -98,7 +99,7 @@ def child(mode, directory):
                 time.sleep(0.005)
             app = wrapped if enabled else hello_app
         served = app if what == "wsgi-harakiri" else hello_app
-        run = cpu_loop if what == "cpu" else (lambda count, app=served: serve_requests(app, count))
+        run = cpu_loop if what == "cpu" else (lambda count, app=served: serve_requests(app, ENVIRON, count))
         started, cpu = time.perf_counter_ns(), time.process_time_ns()
         run(int(n))
         print(time.perf_counter_ns() - started, time.process_time_ns() - cpu, flush=True)

@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import flask
 
@@ -48,6 +48,8 @@ import tbfast
 from tbfast import livebp
 
 import report
+from bench_idle import serve_requests
+from measure import RoundSeries, choose_n
 
 SECRET = "bench-secret"
 MIDDLEWARE_TARGET = 1.05  # requests without livebp
@@ -97,22 +99,6 @@ def environ_asking(function, text):
     return dict(ENVIRON, QUERY_STRING=query)
 
 
-def serve(app, environ, n):
-    def start_response(status, headers, exc_info=None):
-        return None
-    body = 0
-    for _ in range(n):
-        result = app(dict(environ), start_response)
-        try:
-            for chunk in result:
-                body += len(chunk)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-    return body
-
-
 class ClassicLiveBreakpoint:
     """The classic middleware, its tracer kept cheap: sys.settrace on every line."""
 
@@ -154,7 +140,7 @@ class ArmedElsewhere:
     def __enter__(self):
         self.release.clear()
         self.armed.clear()
-        self.thread = threading.Thread(target=serve, args=(self.app, self.environ, 1), daemon=True)
+        self.thread = threading.Thread(target=serve_requests, args=(self.app, self.environ, 1), daemon=True)
         self.thread.start()
         if not self.armed.wait(10):
             raise RuntimeError("the armed request never started")
@@ -179,26 +165,15 @@ def loops():
                                    start_response).run()
 
     return {
-        "bare": (lambda n: serve(table_app, ENVIRON, n), plain),
-        "bare, again": (lambda n: serve(table_app, ENVIRON, n), plain),
-        "middleware": (lambda n: serve(middleware, ENVIRON, n), plain),
-        "others, armed": (lambda n: serve(middleware, ENVIRON, n), ArmedElsewhere()),
-        "livebp, hot code": (lambda n: serve(middleware, hot, n), plain),
-        "livebp, cold code": (lambda n: serve(middleware, cold, n), plain),
-        "armed only, hot code": (lambda n: serve(armed_only, ENVIRON, n), plain),
-        "classic settrace": (lambda n: serve(classic, ENVIRON, n), plain),
+        "bare": (lambda n: serve_requests(table_app, ENVIRON, n), plain),
+        "bare, again": (lambda n: serve_requests(table_app, ENVIRON, n), plain),
+        "middleware": (lambda n: serve_requests(middleware, ENVIRON, n), plain),
+        "others, armed": (lambda n: serve_requests(middleware, ENVIRON, n), ArmedElsewhere()),
+        "livebp, hot code": (lambda n: serve_requests(middleware, hot, n), plain),
+        "livebp, cold code": (lambda n: serve_requests(middleware, cold, n), plain),
+        "armed only, hot code": (lambda n: serve_requests(armed_only, ENVIRON, n), plain),
+        "classic settrace": (lambda n: serve_requests(classic, ENVIRON, n), plain),
     }
-
-
-@dataclass
-class Series:
-    variant: str
-    n: int
-    per_request_ns: list = field(default_factory=list)  # one a round
-
-    @property
-    def median(self):
-        return statistics.median(self.per_request_ns)
 
 
 @dataclass
@@ -213,22 +188,11 @@ class Result:
         return statistics.median(self.round_ratios(variant, base))
 
     def round_ratios(self, variant, base="bare"):
-        return [a / b for a, b in zip(self.series[variant].per_request_ns,
-                                      self.series[base].per_request_ns)]
+        return [a / b for a, b in zip(self.series[variant].times_ns,
+                                      self.series[base].times_ns)]
 
     def added_us(self, variant, base="bare"):
         return (self.series[variant].median - self.series[base].median) / 1000
-
-
-def _choose_n(loop, block_ns):
-    n = 4
-    while True:
-        started = time.thread_time_ns()
-        loop(n)
-        spent = time.thread_time_ns() - started
-        if spent >= block_ns / 4 or n >= 1 << 20:
-            return max(1, int(n * block_ns / max(spent, 1)))
-        n *= 4
 
 
 def measure(max_rounds=200, seconds=20.0, block_ms=4.0, seed=1):
@@ -237,7 +201,7 @@ def measure(max_rounds=200, seconds=20.0, block_ms=4.0, seed=1):
     for variant in VARIANTS:
         loop, context = timed[variant]
         with context:
-            series[variant] = Series(variant, _choose_n(loop, block_ms * 1e6))
+            series[variant] = RoundSeries(variant, choose_n(loop, block_ms * 1e6, time.thread_time_ns, 4, 1 << 20))
     order = list(VARIANTS)
     shuffle = random.Random(seed).shuffle
     clock = time.thread_time_ns  # CPU time: the machine's other load does not count
@@ -251,7 +215,7 @@ def measure(max_rounds=200, seconds=20.0, block_ms=4.0, seed=1):
             with context:
                 started = clock()
                 loop(one.n)
-                one.per_request_ns.append((clock() - started) / one.n)
+                one.times_ns.append((clock() - started) / one.n)
         rounds += 1
     return Result(rounds, series, livebp.MECHANISM, "%d.%d.%d" % sys.version_info[:3])
 

@@ -45,6 +45,28 @@ class Timings:
         return deciles[0], deciles[-1]
 
 
+def choose_n(loop, block_ns, clock=time.perf_counter_ns, start=64, most=1 << 24):
+    """How many operations make a block of about `block_ns` for loop(n), by `clock`."""
+    n = start
+    while True:
+        started = clock()
+        loop(n)
+        spent = clock() - started
+        if spent >= block_ns / 4 or n >= most:
+            return max(1, int(n * block_ns / max(spent, 1)))
+        n *= 4
+
+
+@dataclass
+class RoundSeries(Timings):
+    """One variant of a benchmark run in interleaved rounds: ns per operation, one
+    value a round, with `n` operations a block."""
+
+    variant: str
+    n: int
+    times_ns: list = field(default_factory=list)
+
+
 @dataclass
 class Series(Timings):
     """The dumps of one tool into one sink, in one cell."""

@@ -45,7 +45,7 @@ def target_rows(extras):
         for variant in bench_harakiri.TBFAST_VARIANTS:
             one = result.series[variant]
             raw, net = one.median, statistics.median(result.net(variant))
-            low, high = _deciles(one.per_pair_ns)
+            low, high = _deciles(one.times_ns)
             what = "single thread" if result.threads == 1 else "%d threads at once" % result.threads
             rows.append(("harakiri arm+disarm ≤ %.0f ns a pair, %s (%s; raw, net of the empty loop)"
                          % (HARAKIRI_TARGET_NS, bench_harakiri.LABELS[variant], what),
@@ -128,7 +128,7 @@ def harakiri_section(results):
         base = result.series["tbfast.harakiri"].median
         for variant in bench_harakiri.VARIANTS:
             one = result.series[variant]
-            low, high = _deciles(one.per_pair_ns)
+            low, high = _deciles(one.times_ns)
             net = result.net(variant)
             nlow, nhigh = _deciles(net)
             rows.append((bench_harakiri.LABELS[variant], ns(one.median), "%s–%s" % (ns(low), ns(high)),
