@@ -5,6 +5,7 @@ The truth is traceback.extract_stack(greenlet.gr_frame).
 
 import json
 import threading
+import time
 import traceback
 
 import pytest
@@ -35,7 +36,9 @@ def sleepers():
     release = gevent.event.Event()
     spawned = [gevent.spawn(doze, release, number) if number % 2 else gevent.spawn(nap, release)
                for number in range(SLEEPERS)]
-    gevent.sleep(0.05)  # every one runs up to its wait
+    deadline = time.monotonic() + 10
+    while not all(item.gr_frame is not None for item in spawned) and time.monotonic() < deadline:
+        gevent.sleep(0.01)  # each one runs up to its wait, however loaded the machine
     assert all(item.gr_frame is not None for item in spawned)
     yield spawned
     release.set()
