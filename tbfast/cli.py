@@ -19,7 +19,6 @@ from . import __version__
 from ._limits import FORMATS
 
 DEFAULT_TIMEOUT = 5.0
-SERVER_THREAD = "tbfast-tracebacker"  # the fallback server's own thread: not a worker's
 _READ_SIZE = 65536
 
 EPILOG = """\
@@ -154,8 +153,6 @@ def summarize(dumps):
     groups = {}
     for path, document in dumps:
         for thread in document.get("threads", ()):
-            if thread.get("name") == SERVER_THREAD:
-                continue
             key = _stack_key(thread)
             group = groups.setdefault(key, [0, set()])
             group[0] += 1
