@@ -63,13 +63,16 @@ class Malformed(Exception):
 
 def check_text(data, trigger=None):
     """The text dump `data` (bytes), parsed whole: (threads, unreadable frames).
-    Raises Malformed saying where it stops making sense."""
+    Raises Malformed saying where it stops making sense.  The main thread comes
+    first in every dump of every thread: its Python frames never go away."""
     header = TEXT_HEADER.match(data)
     if header is None:
         raise Malformed("no header line")
     if trigger is not None and header.group(2) != trigger.encode():
         raise Malformed("trigger %r, expected %r" % (header.group(2), trigger))
     position, threads, unreadable = header.end(), 0, 0
+    if not re.match(rb'(?:Current thread|Thread) 0x[0-9a-f]{16} \(name "MainThread", ', data[position:]):
+        raise Malformed("the main thread is not first: %r" % data[:400])
     while position < len(data):
         block = TEXT_THREAD.match(data, position)
         if block is None:
@@ -101,6 +104,8 @@ def check_json(data, trigger=None):
         raise Malformed("not a tbfast document: %r" % data[:200])
     if trigger is not None and document["trigger"] != trigger:
         raise Malformed("trigger %r, expected %r" % (document["trigger"], trigger))
+    if not document["threads"] or document["threads"][0].get("name") != "MainThread":
+        raise Malformed("the main thread is not first: %r" % data[:400])
     unreadable = 0
     for thread in document["threads"]:
         if not isinstance(thread.get("ident"), int) or not isinstance(thread.get("frames"), list):
@@ -119,6 +124,8 @@ def check_uwsgi(data):
     if not data.startswith(UWSGI_HEADER):
         raise Malformed("no uWSGI header")
     position, frames = len(UWSGI_HEADER), 0
+    if not data.startswith(b"thread_id = MainThread ", position):
+        raise Malformed("the main thread is not first: %r" % data[:400])
     while position < len(data):
         line = UWSGI_FRAME.match(data, position)
         if line is not None:
@@ -322,11 +329,13 @@ class Tally:
                 self.counts["skipped"] = self.counts.get("skipped", 0) + 1
                 return
             try:
-                _, unreadable = check(data, format, trigger)
+                threads, unreadable = check(data, format, trigger)
             except Malformed as error:
                 self.malformed.append({"source": source, "error": str(error),
                                        "dump": data.decode("utf-8", "replace")})
                 return
+            if format != "uwsgi":  # whose count is of frame lines
+                self.counts["fewest threads"] = min(self.counts.get("fewest threads", threads), threads)
             for what, count in ((source, 1), ("unreadable frames", unreadable),
                                 ("frames at line -1", sum(map(data.count, UNKNOWN_LINES)))):
                 self.counts[what] = self.counts.get(what, 0) + count
