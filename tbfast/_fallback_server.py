@@ -161,7 +161,7 @@ def read_request(client, default_format):
     if b"\n" in data:
         data = data[: data.index(b"\n")]
     try:
-        request = data.decode("ascii").strip()
+        request = data.decode("ascii").strip(" \t\n\r\f\v")  # the core's spaces, not str's
     except UnicodeDecodeError:
         return None
     if not request:
