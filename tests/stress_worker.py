@@ -48,7 +48,7 @@ TEXT_THREAD = re.compile(
     + rb'|  \[Previous line repeated \d+ more times?\]\n'
     + rb'|  <unreadable frame>\n)*\n')
 TEXT_HEADER = re.compile(rb'tbfast dump: pid=(\d+) time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z '
-                         rb'trigger=(\S+) mode=(gil|gil-free) threads=(\d+)\n')
+                         rb'trigger=(\S+) mode=(gil|gil-free|python) threads=(\d+)\n')
 TRUNCATED = re.compile(rb'\*\*\* tbfast: buffer full, \d+ frames in \d+ threads not shown '
                        rb'\(buffer_size=\d+\) \*\*\*\n')
 UWSGI_HEADER = b"*** uWSGI Python tracebacker output ***\n\n"
@@ -72,7 +72,9 @@ def check_text(data, trigger=None):
         raise Malformed("trigger %r, expected %r" % (header.group(2), trigger))
     position, threads, unreadable = header.end(), 0, 0
     if not re.match(rb'(?:Current thread|Thread) 0x[0-9a-f]{16} \(name "MainThread", ', data[position:]):
-        raise Malformed("the main thread is not first: %r" % data[:400])
+        headings = re.findall(rb'\n(?:Current thread|Thread) 0x[0-9a-f]{16} \((?:name "([^\n]*)", )?', data)
+        raise Malformed("the main thread is not first: it is thread %s of %d" % (
+            [n + 1 for n, name in enumerate(headings) if name == b"MainThread"], len(headings)))
     while position < len(data):
         block = TEXT_THREAD.match(data, position)
         if block is None:

@@ -43,7 +43,7 @@ def expected_answer(request):
     """What the server answers a request sent at once: a format, or None for the error."""
     if len(request) > REQUEST_MAX:
         return None
-    request = request.strip(SPACES)
+    request = request.split(b"\n", 1)[0].strip(SPACES)  # one line
     if not request:
         return "text"
     return request.decode("ascii") if request in (b"text", b"uwsgi", b"json") else None
@@ -54,10 +54,9 @@ def exchange(path, chunks, pause, shut, read):
     client.settimeout(10)  # a hang fails the example instead of the run
     client.connect(path)
     try:
-        for chunk in chunks:
+        for chunk in chunks if pause else [b"".join(chunks)]:
             client.sendall(chunk)
-            if pause:
-                time.sleep(pause)
+            time.sleep(pause)
         if shut:
             client.shutdown(socket.SHUT_WR)
     except (BrokenPipeError, ConnectionResetError):

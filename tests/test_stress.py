@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -53,8 +54,10 @@ def test_ten_thousand_gil_free_dumps_under_load(tmp_path):
     summary = json.loads(summary_file.read_text())
     malformed = summary.pop("malformed")
     if malformed:
-        evidence = tmp_path / "malformed.json"  # kept by pytest with the run's tmp_path
-        evidence.write_text(json.dumps(malformed, indent=1))
+        # Kept where later pytest sessions (scripts/test runs several) do not clean up.
+        evidence = os.path.join(tempfile.gettempdir(), "tbfast-malformed-%d.json" % time.time())
+        with open(evidence, "w") as out:
+            json.dump(malformed, out, indent=1)
         pytest.fail("%d malformed dumps (all in %s); the first: %s\n%s" % (
             len(malformed), evidence, malformed[0]["error"], malformed[0]["dump"][-3000:]))
     figures("stress", **summary)
