@@ -385,6 +385,9 @@ def run_reader(pid, path, target, summary_file, fds):
     arrived = {name: threading.Semaphore(0) for name in streams}
     enough = threading.Event()
 
+    def load_gone():  # a dead load is a zombie until its parent reaps it: kill() still works
+        return os.getppid() != pid
+
     def drain():
         selector = selectors.DefaultSelector()
         for name, fd in streams.items():
@@ -407,7 +410,12 @@ def run_reader(pid, path, target, summary_file, fds):
         while not enough.is_set():
             request, format = requests[n % len(requests)]
             n += 1
-            data = read_socket(path, request)
+            try:
+                data = read_socket(path, request)
+            except OSError as error:
+                if load_gone():
+                    return
+                data = ("%s: %s" % (type(error).__name__, error)).encode()  # malformed, below
             if format != "text" and data.startswith(b"tbfast dump: "):
                 format = "text"  # the request came late: the default format, as documented
                 tally.count("late requests")
@@ -418,7 +426,7 @@ def run_reader(pid, path, target, summary_file, fds):
     asker = threading.Thread(target=ask_sockets)
     asker.start()
     lost, n = 0, 0
-    while tally.total() < target and time.monotonic() < deadline:
+    while tally.total() < target and time.monotonic() < deadline and not load_gone():
         # One at a time: a signal still pending would absorb the next.
         name, signum = (("signal:SIGUSR1", signal.SIGUSR1), ("signal:SIGUSR2", signal.SIGUSR2))[n % 2]
         n += 1
@@ -427,7 +435,8 @@ def run_reader(pid, path, target, summary_file, fds):
             lost += 1
     enough.set()
     asker.join()
-    print("enough", flush=True)
+    if not load_gone():
+        print("enough", flush=True)
     drainer.join()  # until the load closes its ends
     summary = {"counts": tally.counts, "dumps": tally.total(), "signals sent": n, "signals lost": lost,
                "malformed": tally.malformed, "seconds": round(time.monotonic() - started, 1),
