@@ -40,9 +40,20 @@
 
 typedef _PyInterpreterFrame tb_frame;
 
-/* Signal safe: reads interp->threads.head. */
+/* Signal safe: reads interp->threads.head.  3.11 makes a new thread state the
+   head before it fills it in (its next link included, NULL until then): wait
+   the few stores it takes, boundedly (a handler may have interrupted them). */
 static inline PyThreadState *tb_first_thread(PyInterpreterState *interp) {
-    return PyInterpreterState_ThreadHead(interp);
+    PyThreadState *head = PyInterpreterState_ThreadHead(interp);
+#if PY_VERSION_HEX < 0x030C0000
+    for (int spins = 0; head != NULL && spins < 100000; spins++) {
+        if (((volatile PyThreadState *)head)->_initialized) {
+            break;
+        }
+        head = ((volatile struct _is *)interp)->threads.head;
+    }
+#endif
+    return head;
 }
 
 /* Signal safe: reads tstate->next. */
