@@ -38,17 +38,24 @@
 #  undef TBCORE_DEFINED_BUILD_CORE
 #endif
 
+#include <time.h>
+
 typedef _PyInterpreterFrame tb_frame;
 
 /* Signal safe: reads interp->threads.head.  3.11 makes a new thread state the
    head before it fills it in (its next link included, NULL until then): wait
-   the few stores it takes, boundedly (a handler may have interrupted them). */
+   until it is filled in, spinning, then sleeping (its thread may have been
+   preempted), at most about 20 ms (a handler may have interrupted that thread). */
 static inline PyThreadState *tb_first_thread(PyInterpreterState *interp) {
     PyThreadState *head = PyInterpreterState_ThreadHead(interp);
 #if PY_VERSION_HEX < 0x030C0000
-    for (int spins = 0; head != NULL && spins < 100000; spins++) {
+    const struct timespec millisecond = {0, 1000000};
+    for (int tries = 0; head != NULL && tries < 10000 + 20; tries++) {
         if (((volatile PyThreadState *)head)->_initialized) {
             break;
+        }
+        if (tries >= 10000) {
+            nanosleep(&millisecond, NULL);  /* async-signal-safe */
         }
         head = ((volatile struct _is *)interp)->threads.head;
     }
