@@ -34,7 +34,8 @@ def figures(name, **values):
     print(line)
     if os.environ.get("TBFAST_FIGURES"):
         with open(os.environ["TBFAST_FIGURES"], "a") as out:
-            out.write("%s python=%d.%d\n" % (line, *sys.version_info[:2]))
+            import tbfast
+            out.write("%s python=%d.%d mode=%s\n" % (line, *sys.version_info[:2], tbfast.MODE))
 
 
 # ---------------------------------------------------------------- the parsers

@@ -147,11 +147,13 @@ def test_a_thousand_signals_in_a_second_reentrant_and_during_socket_dumps(tmp_pa
     check(after_flood, "json")
     dumps, rest = split_stream(out.read_bytes())
     good, skipped, malformed = parse_all(dumps + ([rest] if rest else []))
-    socket_good, _, socket_malformed = parse_all(socket_dumps)
+    socket_good, socket_skipped, socket_malformed = parse_all(socket_dumps)
     assert not malformed and not socket_malformed, (malformed + socket_malformed)[0]
-    assert good > 0 and socket_good == len(socket_dumps)
+    # Nested handlers may hold every dump buffer: the socket then says so in one line.
+    assert good > 0 and socket_good + socket_skipped == len(socket_dumps)
     figures("signal-flood", signals_sent=int(sent), seconds=round(float(seconds), 2),
-            signal_dumps_written=good, skipped_busy=skipped, socket_dumps_during=socket_good)
+            signal_dumps_written=good, skipped_busy=skipped + socket_skipped,
+            socket_dumps_during=socket_good)
     assert int(sent) == 1000 and float(seconds) < 5
 
 
