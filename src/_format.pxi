@@ -11,6 +11,7 @@ from posix.time cimport CLOCK_REALTIME
 cdef enum:
     MAX_THREADS_WALKED = 100000       # a guard against a corrupted thread list
     MAX_FRAMES_WALKED = 10000000      # and against a cycle in a frame chain
+    FIND_MAIN_PASSES = 3              # searches for the main thread that a freed state may cut short
 
 # Read once at import from tbfast._limits (see _tbcore.pyx).
 cdef Py_ssize_t filename_limit, function_limit, source_limit, name_limit, context_limit
@@ -542,15 +543,23 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
     d.locals = request.locals and d.format != FORMAT_UWSGI
     tb_fault_guard_ensure()
     # The main thread goes first, so a full buffer never drops it; finding it
-    # reads only each thread state's ident.
+    # reads only each thread state's ident.  Main's is the last state with its
+    # ident: on 3.11 a thread that main is starting carries main's ident until it
+    # runs.  A state freed under the search cuts it short, by a fault (the guard)
+    # or a stale link: search again from the head, which no longer links it.
     cdef StepJob step
-    step.tstate = tb_first_thread(request.interp)
-    while step.tstate != NULL and walked < MAX_THREADS_WALKED and guarded_step(d, &step):
-        if step.ident == main_thread_ident:
-            main = step.tstate
+    cdef int search
+    for search in range(FIND_MAIN_PASSES):
+        main = NULL
+        step.tstate = tb_first_thread(request.interp)
+        walked = 0
+        while step.tstate != NULL and walked < MAX_THREADS_WALKED and guarded_step(d, &step):
+            if step.ident == main_thread_ident:
+                main = step.tstate
+            step.tstate = step.following
+            walked += 1
+        if step.tstate == NULL and main != NULL:
             break
-        step.tstate = step.following
-        walked += 1
     if main != NULL and wanted(main_thread_ident, request):
         threads += guarded_dump_thread(d, main, request, holder)
     step.tstate = tb_first_thread(request.interp)

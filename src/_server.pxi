@@ -125,6 +125,9 @@ cdef int read_request(int client, int *options) noexcept nogil:
             break
     if length > REQUEST_MAX:
         return -1
+    cdef const char *newline = <const char *>memchr(request, b'\n', length)
+    if newline != NULL:
+        length = newline - request  # one line: what came after it is not the request
     while start < length:
         while start < length and is_space(request[start]):
             start += 1

@@ -38,11 +38,29 @@
 #  undef TBCORE_DEFINED_BUILD_CORE
 #endif
 
+#include <time.h>
+
 typedef _PyInterpreterFrame tb_frame;
 
-/* Signal safe: reads interp->threads.head. */
+/* Signal safe: reads interp->threads.head.  3.11 makes a new thread state the
+   head before it fills it in (its next link included, NULL until then): wait
+   until it is filled in, spinning, then sleeping (its thread may have been
+   preempted), at most about 20 ms (a handler may have interrupted that thread). */
 static inline PyThreadState *tb_first_thread(PyInterpreterState *interp) {
-    return PyInterpreterState_ThreadHead(interp);
+    PyThreadState *head = PyInterpreterState_ThreadHead(interp);
+#if PY_VERSION_HEX < 0x030C0000
+    const struct timespec millisecond = {0, 1000000};
+    for (int tries = 0; head != NULL && tries < 10000 + 20; tries++) {
+        if (((volatile PyThreadState *)head)->_initialized) {
+            break;
+        }
+        if (tries >= 10000) {
+            nanosleep(&millisecond, NULL);  /* async-signal-safe */
+        }
+        head = ((volatile struct _is *)interp)->threads.head;
+    }
+#endif
+    return head;
 }
 
 /* Signal safe: reads tstate->next. */

@@ -6,6 +6,7 @@ The C core is used when it was built; otherwise, or with TBFAST_NO_EXTENSIONS=1,
 the pure-Python fallback gives the same output whenever the GIL can be taken.
 """
 
+import errno
 import os
 import signal as _signal
 import sys
@@ -80,6 +81,8 @@ def _fileno(file):
         os.fstat(fd)
     except OSError as error:
         raise OSError(error.errno, "fd %d is not open" % fd) from None
+    except OverflowError:  # beyond a C int: no such fd either
+        raise OSError(errno.EBADF, "fd %d is not open" % fd) from None
     return fd
 
 

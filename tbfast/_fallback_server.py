@@ -164,7 +164,8 @@ def read_request(client, default_format):
     if b"\n" in data:
         data = data[: data.index(b"\n")]
     try:
-        words = data.decode("ascii").split()
+        # bytes.split() splits on the core's spaces, not on all of str's
+        words = [word.decode("ascii") for word in data.split()]
     except UnicodeDecodeError:
         return None
     formats = [word for word in words if word in FORMATS]

@@ -104,6 +104,16 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
+def _after_fork_in_child():
+    # At once, not at the child's first arm: a child that never arms would keep
+    # the parent's pipe to its logger thread open for good.
+    if _watchdog.pid != os.getpid():
+        _watchdog._forget_the_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def configure(*, file=None, format="text", log=True, repeat=10.0, grace=0.0):
     """Where harakiri dumps go and what follows them.
 
