@@ -77,7 +77,7 @@ cdef long long RETRY_NS = 1000000
 
 cdef struct Watchdog:
     bint running
-    bint stopping
+    int stopping               # set by watchdog_stop, atomically: see watchdog_loop
     unsigned int wake_word
     long long next_wake_ns     # published after each scan; arms compare against it
     pthread_t thread
@@ -300,8 +300,12 @@ cdef void *watchdog_loop(void *unused) noexcept nogil:
     cdef long long now, nearest, due
     cdef int i
     block_async_signals()
-    while not watchdog.stopping:
+    while True:
+        # The word before the flag: a stop that bumped the word after this load makes
+        # the futex wait return at once; one that bumped it before has set the flag.
         seen = tb_load_uint(&watchdog.wake_word)
+        if tb_load_int(&watchdog.stopping):
+            return NULL
         now = monotonic_ns()
         nearest = check_later(now)
         for i in range(SLOT_COUNT):
@@ -311,7 +315,6 @@ cdef void *watchdog_loop(void *unused) noexcept nogil:
                     nearest = due
         tb_store_ll(&watchdog.next_wake_ns, nearest)
         tb_futex_wait(&watchdog.wake_word, seen, -1 if nearest == NEVER else max(nearest - now, 0))
-    return NULL
 
 
 cdef extern from "<unistd.h>" nogil:
@@ -336,7 +339,7 @@ cdef bint watchdog_stop() noexcept:
     """Stops the watchdog thread.  GIL held (released to wait)."""
     if not watchdog.running:
         return False
-    watchdog.stopping = True
+    tb_store_int(&watchdog.stopping, True)  # before the bump: see watchdog_loop
     with nogil:
         tb_bump(&watchdog.wake_word)
         tb_futex_wake(&watchdog.wake_word)

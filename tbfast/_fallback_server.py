@@ -169,10 +169,9 @@ def read_request(client, default_format):
     except UnicodeDecodeError:
         return None
     formats = [word for word in words if word in FORMATS]
-    options = {word for word in words if word in REQUEST_OPTIONS}
-    if len(formats) > 1 or len(formats) + len(options) < len(words):
-        return None
-    return (formats[0] if formats else default_format), options
+    if len(formats) > 1 or any(word not in FORMATS and word not in REQUEST_OPTIONS for word in words):
+        return None  # a second format, or an unknown word (an option twice is fine, as in the core)
+    return (formats[0] if formats else default_format), set(words) - set(FORMATS)
 
 
 def send_all(client, data):
