@@ -77,13 +77,15 @@ class Series(Timings):
     failures: dict = field(default_factory=dict)  # error -> reads that failed so (not timed)
 
 
-def read_socket(path, until=None, timeout=10.0):
-    """Connect, nothing to ask, read until the server closes (or `until` is read)."""
+def read_socket(path, until=None, timeout=10.0, request=b""):
+    """Connect, send `request` (default: nothing to ask), read until the server
+    closes (or `until` is read)."""
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.settimeout(timeout)
     chunks = []
     try:
         client.connect(path)
+        client.sendall(request)
         client.shutdown(socket.SHUT_WR)
         while True:
             chunk = client.recv(1 << 20)
@@ -216,6 +218,7 @@ def uwsgi_roundtrip(rounds=200, seed=1, log=print):
         tb, utb, mh = ["%s/%s.%d" % (directory, name, worker) for name in ("tb", "utb", "manhole")]
         readers = {
             "tbfast socket": lambda: read_socket(tb),
+            "tbfast socket, gil-free": lambda: read_socket(tb, request=b"gil-free\n"),
             "uWSGI --py-tracebacker": lambda: read_socket(utb),
             "tbfast socket, silent client": lambda: read_silently(tb),
             "uWSGI --py-tracebacker, silent client": lambda: read_silently(utb),
