@@ -32,7 +32,7 @@ cdef struct DumpRequest:
     long long stuck_ns         # and since when it is armed
     int gil_wait_ms            # a socket dump that waited this long for the GIL in vain; -1: none
     bint locals                # each frame's locals too (text and json)
-    unsigned long excluded_ident  # a thread left out (the consistent thread's own), 0 for none
+    unsigned long excluded_ident  # a thread left out (the consistent thread), 0 for none
 
 
 cdef void request_init(DumpRequest *request, PyInterpreterState *interp, const char *trigger,
@@ -48,7 +48,7 @@ cdef void request_init(DumpRequest *request, PyInterpreterState *interp, const c
     request.stuck_ns = 0
     request.gil_wait_ms = -1
     request.locals = False
-    request.excluded_ident = 0
+    request.excluded_ident = handover.thread_ident  # tbfast's own Python thread, or 0
 
 
 # ---------------------------------------------------------------- source lines

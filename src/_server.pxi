@@ -76,6 +76,7 @@ cdef struct Handover:
     int format
     int options
     int wait_ms                # for the GIL; 0 disables consistent dumps
+    unsigned long thread_ident # the consistent thread's, left out of every dump; 0: none yet
 
 cdef Server server
 cdef Handover handover
@@ -304,6 +305,7 @@ cdef void server_after_fork_in_child() noexcept nogil:
         close(handover.done_write)
         handover.open = False
     handover.listening = False
+    handover.thread_ident = 0
     handover.state = HANDOVER_IDLE
 
 

@@ -616,6 +616,7 @@ def test_socket_dumps_are_consistent_unless_asked_gil_free(spawn, tmp, script):
     assert " trigger=socket mode=gil threads=%d\n" % len(names) in text.splitlines(True)[0]
     gil_free = json.loads(ask(worker.path, b"gil-free json locals\n"))
     assert gil_free["mode"] == "gil-free" and "gil_wait_ms" not in gil_free
+    assert {thread["name"] for thread in gil_free["threads"]} == names
     frame = [frame for frame in busy_frames(gil_free) if frame["file"] == script][0]
     assert frame["line"] == worker.info["line"]
     # GIL-free, the values that need no code to print, the others by their type.
