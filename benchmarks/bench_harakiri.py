@@ -10,7 +10,6 @@ the process, the GIL serialising the threads.
 """
 
 import faulthandler
-import random
 import signal
 import statistics
 import threading
@@ -18,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 import tbfast
-from measure import RoundSeries, choose_n
+from measure import RoundSeries, choose_n, shuffled_rounds
 
 VARIANTS = ("tbfast.harakiri", "tbfast scope made once", "faulthandler", "setitimer", "empty loop")
 TBFAST_VARIANTS = VARIANTS[:2]
@@ -141,12 +140,8 @@ def measure(threads=1, max_rounds=100, seconds=4.0, block_ms=3.0, seed=1):
             n = max(1, n // threads)
             series[variant] = RoundSeries(variant, n)
             loop(n)  # warm
-        order = list(VARIANTS)
-        shuffle = random.Random(seed).shuffle
-        deadline = time.monotonic() + seconds
         rounds = 0
-        while rounds < max_rounds and (rounds < 10 or time.monotonic() < deadline):
-            shuffle(order)
+        for order in shuffled_rounds(VARIANTS, seconds, max_rounds, seed):
             for variant in order:
                 one = series[variant]
                 if crew is None:

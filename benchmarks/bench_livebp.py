@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import inspect
 import io
-import random
 import statistics
 import sys
 import threading
@@ -49,7 +48,7 @@ from tbfast import livebp
 
 import report
 from bench_idle import serve_requests
-from measure import RoundSeries, choose_n
+from measure import RoundSeries, choose_n, shuffled_rounds
 
 SECRET = "bench-secret"
 MIDDLEWARE_TARGET = 1.05  # requests without livebp
@@ -202,13 +201,9 @@ def measure(max_rounds=200, seconds=20.0, block_ms=4.0, seed=1):
         loop, context = timed[variant]
         with context:
             series[variant] = RoundSeries(variant, choose_n(loop, block_ms * 1e6, time.thread_time_ns, 4, 1 << 20))
-    order = list(VARIANTS)
-    shuffle = random.Random(seed).shuffle
     clock = time.thread_time_ns  # CPU time: the machine's other load does not count
-    deadline = time.monotonic() + seconds
     rounds = 0
-    while rounds < max_rounds and (rounds < 10 or time.monotonic() < deadline):
-        shuffle(order)
+    for order in shuffled_rounds(VARIANTS, seconds, max_rounds, seed):
         for variant in order:
             one = series[variant]
             loop, context = timed[variant]

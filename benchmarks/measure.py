@@ -57,6 +57,19 @@ def choose_n(loop, block_ns, clock=time.perf_counter_ns, start=64, most=1 << 24)
         n *= 4
 
 
+def shuffled_rounds(variants, seconds, max_rounds, seed, min_rounds=10):
+    """Yields, round after round, the variants in an order shuffled each time (seeded):
+    at least min_rounds rounds, then until `seconds` have passed, max_rounds at most."""
+    order = list(variants)
+    shuffle = random.Random(seed).shuffle
+    deadline = time.monotonic() + seconds
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or time.monotonic() < deadline):
+        shuffle(order)
+        yield order
+        rounds += 1
+
+
 @dataclass
 class RoundSeries(Timings):
     """One variant of a benchmark run in interleaved rounds: ns per operation, one
