@@ -86,5 +86,17 @@ def extensions():
                      include_path=["src"], quiet=True)
 
 
+def build_base():
+    """Where a build keeps its objects and extension: setuptools skips building an
+    extension that is newer than its sources, so a sanitized or guard-less build
+    must never share that place with a normal one (nor a normal one with it)."""
+    kind = "-".join(filter(None, (
+        "sanitize-" + os.environ["TBFAST_SANITIZE"].replace(",", "-")
+        if os.environ.get("TBFAST_SANITIZE") else "",
+        "noguard" if os.environ.get("TBFAST_DISABLE_GUARD") else "")))
+    return os.path.join("build", kind) if kind else "build"
+
+
 setup(ext_modules=extensions(),
-      cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithPth})
+      cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithPth},
+      options={"build": {"build_base": build_base()}})
