@@ -29,6 +29,7 @@ cdef enum:
     STRING_BYTES = 4096          # one bounded string, before JSON escaping
     MAX_RECORDED_FRAMES = 65536  # frames of one thread kept for formatting
     SOURCE_CACHE_SIZE = 1024     # source lines kept across dumps; power of two
+    SOURCE_PROBES = 8            # entries a line may sit in, from its home on
     SOURCE_ARENA_SIZE = 256 * 1024
     TAIL_RESERVE = 512           # kept free for the truncation marker and JSON's closing
     HEADER_RESERVE = 256         # the header goes in front of the body once it is known

@@ -71,11 +71,10 @@ cdef Py_ssize_t read_source_line(Dumper *d, PyObject *filename, int lineno, char
     if stat(d.path, &status) != 0:
         return -1
     cdef unsigned long long key = source_key(d.path, path_length, lineno)
-    cdef SourceEntry *entry = &d.sources[key & (SOURCE_CACHE_SIZE - 1)]
     cdef long long mtime_ns = status.st_mtim.tv_sec * 1000000000LL + status.st_mtim.tv_nsec
-    if (entry.key == key and entry.line == lineno and entry.path_length == path_length
-            and entry.mtime_ns == mtime_ns and entry.size == status.st_size
-            and memcmp(d.source_arena + entry.path_offset, d.path, path_length) == 0):
+    cdef bint kept
+    cdef SourceEntry *entry = source_entry(d, key, lineno, path_length, &kept)
+    if kept and entry.mtime_ns == mtime_ns and entry.size == status.st_size:
         if entry.text_length > 0:
             memcpy(out, d.source_arena + entry.text_offset, entry.text_length)
         return entry.text_length
@@ -106,6 +105,31 @@ cdef unsigned long long source_key(const char *path, Py_ssize_t length, int line
     for i in range(length):
         key = (key ^ <unsigned char>path[i]) * 0x100000001b3ULL
     return (key ^ (<unsigned long long>line * 0x9E3779B97F4A7C15ULL)) | 1
+
+
+cdef SourceEntry *source_entry(Dumper *d, unsigned long long key, int line,
+                               Py_ssize_t path_length, bint *kept) noexcept nogil:
+    """Signal safe: the cache entry of d.path's line `line` (its key is `key`), *kept
+    True; else, *kept False, the entry to keep it in: an empty one near its home,
+    or the home one.
+    Open addressing, so two lines whose keys share a home do not evict each other
+    (each dump would read both files again)."""
+    cdef size_t home = key & (SOURCE_CACHE_SIZE - 1), i
+    cdef SourceEntry *entry
+    cdef SourceEntry *empty = NULL
+    cdef int probe
+    for probe in range(SOURCE_PROBES):
+        i = (home + probe) & (SOURCE_CACHE_SIZE - 1)
+        entry = &d.sources[i]
+        if entry.key == 0:
+            if empty == NULL:
+                empty = entry
+        elif (entry.key == key and entry.line == line and entry.path_length == path_length
+                and memcmp(d.source_arena + entry.path_offset, d.path, path_length) == 0):
+            kept[0] = True
+            return entry
+    kept[0] = False
+    return empty if empty != NULL else &d.sources[home]
 
 
 cdef Py_ssize_t read_file_line(Dumper *d, int lineno, char *out) noexcept nogil:

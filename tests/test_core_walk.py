@@ -144,3 +144,26 @@ def test_source_line_follows_the_file_on_disk(parked, tmp_path, monkeypatch):
     assert frames == truth(ident)
     assert [frame[3] for frame in frames if frame[0] == str(module_file)] == [
         "park()  # second version, longer"]
+
+
+def test_source_lines_of_many_places_are_all_kept_across_dumps(parked, tmp_path, monkeypatch):
+    """120 frames at 120 lines of one file: some of their cache keys share a home slot,
+    and each must still be kept.  The file is then rewritten with the same size and
+    mtime, so a line read again would show the new text, where linecache (the truth)
+    keeps the old one."""
+    places = 120
+    module_file = tmp_path / "many_places.py"
+    source = "".join("def f%03d(park):\n    return f%03d(park)  # place %03d, old\n" % (i, i + 1, i)
+                     for i in range(places)) + "def f%03d(park):\n    return park()\n" % places
+    module_file.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("many_places")
+    item = parked(module.f000)
+    ident = item.thread.ident
+    expected = truth(ident)
+    assert dumped(tbfast.format_traceback(format="json"), ident) == expected
+    stat = os.stat(module_file)
+    module_file.write_text(source.replace(", old\n", ", new\n"))
+    os.utime(module_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert truth(ident) == expected  # linecache keeps the lines: same size and mtime
+    assert dumped(tbfast.format_traceback(format="json"), ident) == expected
