@@ -273,10 +273,21 @@ cdef FrameCacheEntry *frame_entry(Dumper *d, PyCodeObject *code, int lasti) noex
     return entry
 
 
-cdef void emit_frame(Dumper *d, FrameCacheEntry *entry) noexcept nogil:
-    # Signal safe: copies the formatted frame, formatting it the first time.
+cdef inline void emit_frame(Dumper *d, FrameCacheEntry *entry) noexcept nogil:
+    # Signal safe: copies the formatted frame, inline: this is most frames' only work.
+    if entry.chunk_length >= 0 and d.length + entry.chunk_length <= d.capacity:
+        # The room both sides have after them: TAIL_RESERVE, and the arena's end is
+        # followed by the rest of the dumper's memory.
+        tb_copy_chunk(d.buf + d.length, d.arena + entry.chunk_offset, entry.chunk_length)
+        d.length += entry.chunk_length
+    else:
+        emit_first_time(d, entry)
+
+
+cdef void emit_first_time(Dumper *d, FrameCacheEntry *entry) noexcept nogil:
+    # Signal safe: formats a frame and keeps its text for the frames at the same place.
     cdef Py_ssize_t start = d.length
-    if entry.chunk_length >= 0:
+    if entry.chunk_length >= 0:  # kept, but the buffer is full
         emit(d, d.arena + entry.chunk_offset, entry.chunk_length)
         return
     format_frame(d, entry.code, entry.line)
@@ -585,10 +596,13 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
         if step.tstate == NULL and main != NULL:
             break
     if main != NULL and wanted(main_thread_ident, request):
+        prefetch_thread_top(d, main)
         threads += guarded_dump_thread(d, main, request, holder)
     step.tstate = tb_first_thread(request.interp)
+    prefetch_thread_top(d, step.tstate)
     walked = 0
     while step.tstate != NULL and walked < MAX_THREADS_WALKED and guarded_step(d, &step):
+        prefetch_thread_top(d, step.following)
         if step.tstate != main and wanted(step.ident, request):
             threads += guarded_dump_thread(d, step.tstate, request, holder)
         step.tstate = step.following

@@ -126,6 +126,7 @@ cdef void step_job(void *argument) noexcept nogil:
     cdef StepJob *job = <StepJob *>argument
     job.ident = tb_thread_ident(job.tstate)
     job.following = tb_next_thread(job.tstate)
+    tb_prefetch_thread(job.tstate)
 
 
 cdef bint guarded_step(Dumper *d, StepJob *job) noexcept nogil:
@@ -133,6 +134,21 @@ cdef bint guarded_step(Dumper *d, StepJob *job) noexcept nogil:
     thread that exits frees its state while the walk may be on it.  False if the
     state could not be read (the walk ends there)."""
     return tb_guarded_call(d - dumpers, step_job, job) == 0
+
+
+cdef void prefetch_job(void *argument) noexcept nogil:
+    # Signal safe: the second step of loading a thread ahead of its walk.
+    cdef PyThreadState *tstate = <PyThreadState *>argument
+    tb_prefetch_top_frame(tstate)
+    slot_prefetch(tb_thread_ident(tstate))
+
+
+cdef void prefetch_thread_top(Dumper *d, PyThreadState *tstate) noexcept nogil:
+    """Signal safe: starts loading a thread's top frames and its slot while another
+    thread is walked, under the guard: a thread state freed meanwhile only means
+    that nothing is loaded ahead for it."""
+    if tstate != NULL:
+        tb_guarded_call(d - dumpers, prefetch_job, tstate)
 
 
 cdef struct ThreadJob:

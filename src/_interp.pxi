@@ -27,6 +27,8 @@ cdef extern from "tbcore_python.h" nogil:
     tb_frame *tb_top_frame(PyThreadState *tstate)
     tb_frame *tb_previous_frame(tb_frame *frame)
     void tb_prefetch_callers(tb_frame *frame)
+    void tb_prefetch_thread(PyThreadState *tstate)
+    void tb_prefetch_top_frame(PyThreadState *tstate)
     PyCodeObject *tb_frame_code(tb_frame *frame)
     int tb_frame_lasti_bytes(tb_frame *frame, PyCodeObject *code)
     bint tb_frame_is_hidden(tb_frame *frame, PyCodeObject *code)
@@ -47,6 +49,15 @@ cdef extern from *:
         return __atomic_exchange_n(flag, 1, __ATOMIC_ACQUIRE) == 0;
     }
     static inline void tb_release(int *flag) { __atomic_store_n(flag, 0, __ATOMIC_RELEASE); }
+    /* Signal safe: copies n bytes in 32-byte blocks, inline: may read and write up to
+       31 bytes past n, so both sides need that much room after them. */
+    static inline void tb_copy_chunk(char *to, const char *from, Py_ssize_t n) {
+        for (Py_ssize_t done = 0; done < n; done += 32) {
+            __builtin_memcpy(to + done, from + done, 32);
+        }
+    }
+    /* Signal safe: starts loading a cache line; never faults. */
+    static inline void tb_prefetch(const void *address) { __builtin_prefetch(address); }
     /* Seqlock on a per-thread slot: the writer holds the GIL, readers hold nothing. */
     static inline void tb_seq_write_begin(unsigned int *seq) {
         __atomic_store_n(seq, *seq + 1, __ATOMIC_RELAXED);
@@ -67,6 +78,8 @@ cdef extern from *:
     void tb_set_errno(int value) nogil
     bint tb_try_acquire(int *flag) nogil
     void tb_release(int *flag) nogil
+    void tb_prefetch(const void *address) nogil
+    void tb_copy_chunk(char *to, const char *source, Py_ssize_t n) nogil
     void tb_seq_write_begin(unsigned int *seq) nogil
     void tb_seq_write_end(unsigned int *seq) nogil
     unsigned int tb_seq_read_begin(unsigned int *seq) nogil
