@@ -280,6 +280,8 @@ cdef inline void emit_frame(Dumper *d, FrameCacheEntry *entry) noexcept nogil:
         # followed by the rest of the dumper's memory.
         tb_copy_chunk(d.buf + d.length, d.arena + entry.chunk_offset, entry.chunk_length)
         d.length += entry.chunk_length
+        # Writing runs through the buffer faster than the caches bring it in.
+        tb_prefetch_write(d.buf + d.length + OUTPUT_PREFETCH)
     else:
         emit_first_time(d, entry)
 

@@ -56,8 +56,9 @@ cdef extern from *:
             __builtin_memcpy(to + done, from + done, 32);
         }
     }
-    /* Signal safe: starts loading a cache line; never faults. */
+    /* Signal safe: start loading a cache line, to read or to write; never fault. */
     static inline void tb_prefetch(const void *address) { __builtin_prefetch(address); }
+    static inline void tb_prefetch_write(const void *address) { __builtin_prefetch(address, 1, 3); }
     /* Seqlock on a per-thread slot: the writer holds the GIL, readers hold nothing. */
     static inline void tb_seq_write_begin(unsigned int *seq) {
         __atomic_store_n(seq, *seq + 1, __ATOMIC_RELAXED);
@@ -79,6 +80,7 @@ cdef extern from *:
     bint tb_try_acquire(int *flag) nogil
     void tb_release(int *flag) nogil
     void tb_prefetch(const void *address) nogil
+    void tb_prefetch_write(const void *address) nogil
     void tb_copy_chunk(char *to, const char *source, Py_ssize_t n) nogil
     void tb_seq_write_begin(unsigned int *seq) nogil
     void tb_seq_write_end(unsigned int *seq) nogil

@@ -14,16 +14,22 @@ cdef enum:
     SCOPE_DEPTH = 16             # harakiri scopes one thread may nest
 
 cdef struct ThreadSlot:
+    # What a dump reads first, so a short name shares the cache lines of the ident.
     unsigned long ident
     unsigned int seq
+    Py_ssize_t name_length       # -1 when not known
+    Py_ssize_t context_length    # -1 when none
     # harakiri: written by the owning thread (GIL held), read by the watchdog
     long long deadline_ns        # CLOCK_MONOTONIC; 0 when disarmed
     long long armed_ns
     unsigned int arm_seq         # bumped per arm, so each expiry is reported once
     int action
+    int scope_depth
+    # set with the GIL held (tbfast's threading hooks, set_context), read by dumps
+    char name[SLOT_TEXT]
+    char context[SLOT_TEXT]
     # the harakiri scopes this thread is in, outermost first, and what each one's entry
     # replaced: scope objects keep no state, so one may serve many threads and calls
-    int scope_depth
     void *scopes[SCOPE_DEPTH]
     long long outer_deadline_ns[SCOPE_DEPTH]
     long long outer_armed_ns[SCOPE_DEPTH]
@@ -33,10 +39,6 @@ cdef struct ThreadSlot:
     bint action_done
     long long next_report_ns
     long long action_at_ns
-    Py_ssize_t name_length       # -1 when not known
-    Py_ssize_t context_length    # -1 when none
-    char name[SLOT_TEXT]
-    char context[SLOT_TEXT]
 
 cdef ThreadSlot thread_slots[SLOT_COUNT]
 cdef Py_ssize_t slots_live = 0   # only the GIL holder changes it
@@ -67,6 +69,7 @@ cdef void slot_prefetch(unsigned long ident) noexcept nogil:
     cdef char *slot = <char *>&thread_slots[slot_hash(ident)]
     tb_prefetch(slot)
     tb_prefetch(slot + 64)
+    tb_prefetch(slot + 128)
 
 
 cdef ThreadSlot *slot_claim(unsigned long ident) noexcept nogil:
