@@ -139,8 +139,24 @@ CLEAN_ERRORS = (TypeError, ValueError, OSError)
 TRIED = {}
 
 
+REFUSED = object()
+
+
 def tried(what):
     TRIED[what] = TRIED.get(what, 0) + 1
+
+
+def attempt(what, call, success):
+    """call()'s result, or REFUSED after a clean error, which must say what is wrong;
+    either way counted in the figures under `what`."""
+    try:
+        result = call()
+    except CLEAN_ERRORS as error:
+        assert str(error)
+        tried("%s: %s" % (what, type(error).__name__))
+        return REFUSED
+    tried("%s: %s" % (what, success))
+    return result
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -152,14 +168,10 @@ def api_figures():
 @examples(500)
 @given(format=formats, all_threads=anything)
 def test_format_traceback_options(format, all_threads):
-    try:
-        text = tbfast.format_traceback(all_threads=all_threads, format=format)
-    except CLEAN_ERRORS as error:
-        assert str(error)
-        tried("format_traceback: %s" % type(error).__name__)
-        return
-    tried("format_traceback: dump")
-    check(text.encode("utf-8", "surrogateescape"), format)
+    text = attempt("format_traceback",
+                   lambda: tbfast.format_traceback(all_threads=all_threads, format=format), "dump")
+    if text is not REFUSED:
+        check(text.encode("utf-8", "surrogateescape"), format)
 
 
 @examples(500)
@@ -178,15 +190,10 @@ def test_dump_traceback_options(file, format, all_threads, target):
                 file = write_end
         if target == "pipe":
             cleanup.callback(os.close, write_end)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                tbfast.dump_traceback(file, all_threads, format=format)
-        except CLEAN_ERRORS as error:
-            assert str(error)
-            tried("dump_traceback: %s" % type(error).__name__)
-            return
-        tried("dump_traceback: dump")
-        if target == "pipe":
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            outcome = attempt("dump_traceback",
+                              lambda: tbfast.dump_traceback(file, all_threads, format=format), "dump")
+        if outcome is not REFUSED and target == "pipe":
             check(os.read(read_end, 1 << 22), format)
 
 
@@ -198,14 +205,9 @@ def test_register_options(signum, file, format, tmp_path_factory):
         file = open(os.devnull, "w")
     if signum in (2, 11, 7, 4, 8, 6):
         signum = 10  # SIGINT and the fault signals are pytest's and the guard's
-    try:
-        tbfast.register(signum, file, format=format)
-    except CLEAN_ERRORS as error:
-        assert str(error)
-        tried("register: %s" % type(error).__name__)
-        return
-    tried("register: registered")
-    assert tbfast.unregister(signum) is True
+    if attempt("register", lambda: tbfast.register(signum, file, format=format),
+               "registered") is not REFUSED:
+        assert tbfast.unregister(signum) is True
 
 
 arguments = st.lists(st.one_of(
