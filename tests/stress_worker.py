@@ -42,12 +42,16 @@ def figures(name, **values):
 
 THREAD_HEADING = (rb'(?:Current thread|Thread) 0x[0-9a-f]{16} \((?:name "[^\n]*", )?native id -?\d+'
                   rb'(?:, holds the GIL)?(?:, stuck for \d+\.\d{3} s)?\) \(most recent call first\):\n')
-TEXT_THREAD = re.compile(
-    THREAD_HEADING
-    + rb'(?:  Context: [^\n]*\n)?'
-    + rb'(?:  File "[^\n]*", line -?\d+ in [^\n]*\n(?:    [^\n]*\n)?(?:      [^\n]*\n)*'
-    + rb'|  \[Previous line repeated \d+ more times?\]\n'
-    + rb'|  <unreadable frame>\n)*\n')
+# The fallback knows a thread's name and native id only from threading, which does
+# not know a thread that is still starting or already ending: then neither is shown.
+UNKNOWN_THREAD_HEADING = rb'Thread 0x[0-9a-f]{16} \(most recent call first\):\n'
+THREAD_BODY = (rb'(?:  Context: [^\n]*\n)?'
+               rb'(?:  File "[^\n]*", line -?\d+ in [^\n]*\n(?:    [^\n]*\n)?(?:      [^\n]*\n)*'
+               rb'|  \[Previous line repeated \d+ more times?\]\n'
+               rb'|  <unreadable frame>\n)*\n')
+TEXT_THREAD = re.compile(THREAD_HEADING + THREAD_BODY)
+FALLBACK_TEXT_THREAD = re.compile(rb'(?:' + THREAD_HEADING + rb'|' + UNKNOWN_THREAD_HEADING + rb')'
+                                  + THREAD_BODY)
 TEXT_HEADER = re.compile(rb'tbfast dump: pid=(\d+) time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z '
                          rb'trigger=(\S+) mode=(gil|gil-free|python) threads=(\d+)'
                          rb'(?: gil_wait_ms=\d+ gil_holder=\S+)?\n')
@@ -79,8 +83,9 @@ def check_text(data, trigger=None):
         headings = re.findall(rb'\n(?:Current thread|Thread) 0x[0-9a-f]{16} \((?:name "([^\n]*)", )?', data)
         raise Malformed("the main thread is not first: it is thread %s of %d" % (
             [n + 1 for n, name in enumerate(headings) if name == b"MainThread"], len(headings)))
+    thread_grammar = FALLBACK_TEXT_THREAD if header.group(3) == b"python" else TEXT_THREAD
     while position < len(data):
-        block = TEXT_THREAD.match(data, position)
+        block = thread_grammar.match(data, position)
         if block is None:
             break
         threads += 1
