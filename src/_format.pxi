@@ -575,6 +575,7 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
     cdef PyThreadState *main = NULL
     cdef PyThreadState *holder = tb_gil_holder(request.interp)
     cdef long threads = 0, walked = 0
+    cdef unsigned long holder_ident = 0  # read under the guard, as every thread's ident
     cdef timespec started
     clock_gettime(CLOCK_REALTIME, &started)
     d.locals = request.locals and d.format != FORMAT_UWSGI
@@ -593,6 +594,8 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
         while step.tstate != NULL and walked < MAX_THREADS_WALKED and guarded_step(d, &step):
             if step.ident == main_thread_ident:
                 main = step.tstate
+            if step.tstate == holder:
+                holder_ident = step.ident
             step.tstate = step.following
             walked += 1
         if step.tstate == NULL and main != NULL:
@@ -610,7 +613,7 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
         step.tstate = step.following
         walked += 1
     emit_end(d)
-    emit_header(d, request, threads, started, holder)
+    emit_header(d, request, threads, started, holder_ident)
 
 
 cdef inline bint wanted(unsigned long ident, DumpRequest *request) noexcept nogil:
@@ -619,9 +622,10 @@ cdef inline bint wanted(unsigned long ident, DumpRequest *request) noexcept nogi
 
 
 cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec started,
-                      PyThreadState *holder) noexcept nogil:
+                      unsigned long holder_ident) noexcept nogil:
     """Signal safe: formats the header apart, then puts it right in front of the body.
-    `holder` is the GIL's, named when a consistent dump fell back to this one."""
+    `holder_ident` is the GIL holder's (0: none, or it left the thread list), named
+    when a consistent dump fell back to this one."""
     cdef char text[HEADER_RESERVE]
     cdef Dumper header
     header.buf = text
@@ -643,10 +647,10 @@ cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec st
             emit_str(&header, b" gil_wait_ms=")
             emit_decimal(&header, request.gil_wait_ms)
             emit_str(&header, b" gil_holder=")
-            if holder == NULL:
+            if holder_ident == 0:
                 emit_str(&header, b"none")
             else:
-                emit_hex16(&header, tb_thread_ident(holder))
+                emit_hex16(&header, holder_ident)
         emit_str(&header, b"\n")
     else:
         emit_str(&header, b'{"tbfast":1,"pid":')
@@ -660,10 +664,10 @@ cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec st
             emit_str(&header, b',"gil_wait_ms":')
             emit_decimal(&header, request.gil_wait_ms)
             emit_str(&header, b',"gil_holder":')
-            if holder == NULL:
+            if holder_ident == 0:
                 emit_str(&header, b"null")
             else:
-                emit_decimal(&header, <long long>tb_thread_ident(holder))
+                emit_decimal(&header, <long long>holder_ident)
         emit_str(&header, b',"threads":[')
     d.start = d.start - header.length
     memcpy(d.buf + d.start, text, header.length)
