@@ -25,6 +25,12 @@ from ._limits import (
 )
 from .saferepr import DUMP_TIME_BUDGET, frame_locals
 
+try:  # the core's consistent thread (tbfast.consistent) is tbfast's own: no dump shows it
+    from ._tbcore import consistent_thread_ident
+except ImportError:  # no core, so no such thread
+    def consistent_thread_ident():
+        return 0
+
 MODE = "python"
 _UWSGI_HEADER = b"*** uWSGI Python tracebacker output ***\n\n"
 _contexts = {}
@@ -88,7 +94,7 @@ class _Thread:
 def _snapshot(all_threads, skip, safe=None, exclude_self=False):
     """The threads to dump, main thread first, innermost frame first; with
     each frame's locals when `safe` (a SafeRepr) is given; without the calling
-    thread with `exclude_self`."""
+    thread with `exclude_self`, and never with the core's consistent thread."""
     current = threading.get_ident()
     main = threading.main_thread().ident
     frames_by_thread = sys._current_frames()
@@ -96,8 +102,8 @@ def _snapshot(all_threads, skip, safe=None, exclude_self=False):
     frames_by_thread[current] = sys._getframe(skip + 1)
     idents = [current] if not all_threads else sorted(
         frames_by_thread, key=lambda ident: ident != main)
-    if exclude_self:
-        idents.remove(current)
+    excluded = {consistent_thread_ident()} | ({current} if exclude_self else set())
+    idents = [ident for ident in idents if ident not in excluded]
     threads, checked = [], set()
     for ident in idents:
         thread = _Thread()

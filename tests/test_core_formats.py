@@ -167,7 +167,9 @@ def test_thousand_threads_truncated_with_exact_marker_main_first(fmt):
     try:
         wait_until_blocked(threads)
         dump = tbfast._impl.format_dump(True, fmt, 0)
-        total = sum(len(traceback.extract_stack(frame)) for frame in sys._current_frames().values())
+        # Every thread's but tbfast's consistent thread's (if a socket test started it).
+        total = sum(len(traceback.extract_stack(frame)) for ident, frame in sys._current_frames().items()
+                    if ident != tbfast._impl.consistent_thread_ident())
     finally:
         tbfast.configure(buffer_size=_limits.DEFAULT_BUFFER_SIZE)
         release.set()

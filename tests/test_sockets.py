@@ -637,6 +637,22 @@ def test_locals_request_gets_safe_reprs_while_the_gil_can_be_taken(spawn, tmp, s
     assert "\n      depth = 0\n" in text
 
 
+@pytest.mark.skipif(not CORE_SERVER, reason="the C core (with serve_start) is not built")
+def test_consistent_thread_is_in_no_dump_of_its_process():
+    """Both formatters leave it out: the core's, and the Python one that dumps with
+    locals, so an API dump shows the same threads either way."""
+    from tbfast import consistent
+    consistent.start()
+    deadline = time.monotonic() + 10
+    while consistent.THREAD_NAME not in {thread.name for thread in threading.enumerate()}:
+        assert time.monotonic() < deadline, "the consistent thread did not start"
+        time.sleep(0.01)
+    for with_locals in (False, True):
+        document = json.loads(tbfast.format_traceback(format="json", locals=with_locals))
+        names = {thread["name"] for thread in document["threads"]}
+        assert "MainThread" in names and consistent.THREAD_NAME not in names, with_locals
+
+
 def test_socket_dumps_show_asyncio_tasks(spawn, tmp, server):
     worker = spawn({"basename": tmp + "/tb.", "asyncio": True}, server)
     deadline = time.monotonic() + 10
