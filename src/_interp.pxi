@@ -34,6 +34,7 @@ cdef extern from "tbcore_python.h" nogil:
     bint tb_frame_is_hidden(tb_frame *frame, PyCodeObject *code)
     int tb_frame_line(tb_frame *frame, PyCodeObject *code)
     PyThreadState *tb_gil_holder(PyInterpreterState *interp)
+    const char *tb_layout_mismatch(const char *skewed, char *message, size_t size)
 
 cdef extern from *:
     """

@@ -17,10 +17,27 @@ include "_server.pxi"
 include "_watchdog.pxi"
 
 import functools
+import os
 
 cimport cython
 from libc.math cimport isinf
 from tbfast import _limits
+
+
+cdef check_layout():
+    """Refuses the core (ImportError) when the running interpreter lays out a field the
+    walk reads otherwise than the headers it was built with: a misread dump is worse
+    than none.  TBFAST_TEST_LAYOUT_SKEW names a field to take as moved (tests only)."""
+    cdef char message[300]
+    skewed = os.environ.get("TBFAST_TEST_LAYOUT_SKEW", "").encode()
+    cdef const char *mismatch = tb_layout_mismatch(<const char *>skewed if skewed else NULL,
+                                                   message, sizeof(message))
+    if mismatch != NULL:
+        raise ImportError("tbfast: the core does not match this interpreter's layout: %s"
+                          % mismatch.decode())
+
+
+check_layout()
 
 filename_limit = _limits.FILENAME_LIMIT
 function_limit = _limits.FUNCTION_LIMIT

@@ -4,16 +4,19 @@
  * function per concept, with the version differences inside.  Every function is
  * async-signal-safe: it only reads memory, never allocates, locks or calls back
  * into the interpreter, so the GIL-free walker may call it from a signal handler
- * or a native thread.  Supported: CPython 3.11, 3.12 and 3.13 with the GIL
- * (free-threaded builds get the pure-Python fallback instead).
+ * or a native thread.  Supported: CPython 3.11 to 3.15 with the GIL
+ * (free-threaded builds get the pure-Python fallback instead).  From 3.13 on,
+ * tb_layout_mismatch() checks at import that the running interpreter lays out
+ * every field read here as these headers do (CPython moved fields inside the
+ * 3.14 series, and a cached wheel may have been built against other headers).
  */
 #ifndef TBCORE_PYTHON_H
 #define TBCORE_PYTHON_H
 
 #include <Python.h>
 
-#if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030E0000
-#  error "tbfast's core supports CPython 3.11 to 3.13"
+#if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x03100000
+#  error "tbfast's core supports CPython 3.11 to 3.15"
 #endif
 #ifdef Py_GIL_DISABLED
 #  error "tbfast's core needs the GIL; free-threaded builds use the pure-Python fallback"
@@ -27,20 +30,43 @@
 /* Python.h, included first without Py_BUILD_CORE, defined the public spelling;
    the internal headers define their own. */
 #undef _PyGC_FINALIZED
-#include <internal/pycore_frame.h>
+#include <internal/pycore_frame.h>   /* 3.14+: includes pycore_interpframe_structs.h */
 #if PY_VERSION_HEX >= 0x030C0000
 #  include <internal/pycore_interp.h>
-#else
-#  include <internal/pycore_runtime.h>
+#endif
+#include <internal/pycore_runtime.h>    /* _PyRuntime: the 3.11 GIL, 3.13+ debug offsets */
+#if PY_VERSION_HEX >= 0x030E0000
+#  include <internal/pycore_code.h>      /* _PyCode_CODE, CO_FAST_*: no longer via pycore_frame.h */
+#  include <internal/pycore_stackref.h>
 #endif
 #ifdef TBCORE_DEFINED_BUILD_CORE
 #  undef Py_BUILD_CORE
 #  undef TBCORE_DEFINED_BUILD_CORE
 #endif
 
+#include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 typedef _PyInterpreterFrame tb_frame;
+
+/* Signal safe: the object a frame slot refers to, or NULL.  3.14+ keeps tagged
+   _PyStackRefs there: the low two bits say how the reference is counted (cleared
+   here), or mark a tagged int or an invalid slot, which are no objects. */
+#if PY_VERSION_HEX >= 0x030E0000
+static inline PyObject *tb_stackref_object(_PyStackRef ref) {
+    const uintptr_t tag_bits = 3, int_tag = 3, invalid_tag = 2;
+    uintptr_t bits = ref.bits;
+    if ((bits & tag_bits) == int_tag || (bits & tag_bits) == invalid_tag) {
+        return NULL;
+    }
+    return (PyObject *)(bits & ~tag_bits);
+}
+#else
+static inline PyObject *tb_stackref_object(PyObject *ref) {
+    return ref;
+}
+#endif
 
 /* Signal safe: reads interp->threads.head.  3.11 makes a new thread state the
    head before it fills it in (its next link included, NULL until then): wait
@@ -127,10 +153,10 @@ static inline void tb_prefetch_top_frame(PyThreadState *tstate) {
 }
 
 /* Signal safe: the frame's code object, or NULL when the frame runs none
-   (3.13 frames may hold None in f_executable). */
+   (3.13+ frames may hold None in f_executable; 3.15's base frame holds none). */
 static inline PyCodeObject *tb_frame_code(tb_frame *frame) {
 #if PY_VERSION_HEX >= 0x030D0000
-    PyObject *executable = frame->f_executable;
+    PyObject *executable = tb_stackref_object(frame->f_executable);
 #else
     PyObject *executable = (PyObject *)frame->f_code;
 #endif
@@ -151,10 +177,15 @@ static inline int tb_frame_lasti_bytes(tb_frame *frame, PyCodeObject *code) {
 }
 
 /* Signal safe: true for frames Python's own tracebacks leave out: the C-stack
-   shims of 3.12+ and frames whose function has not started yet (the same test
-   as _PyFrame_IsIncomplete, which sys._current_frames() applies). */
+   shims of 3.12 and 3.13, the interpreter's entry, trampoline and base frames of
+   3.14+, and frames whose function has not started yet (the same test as
+   _PyFrame_IsIncomplete, which sys._current_frames() applies). */
 static inline int tb_frame_is_hidden(tb_frame *frame, PyCodeObject *code) {
-#if PY_VERSION_HEX >= 0x030C0000
+#if PY_VERSION_HEX >= 0x030E0000
+    if (frame->owner >= FRAME_OWNED_BY_INTERPRETER) {
+        return 1;
+    }
+#elif PY_VERSION_HEX >= 0x030C0000
     if (frame->owner == FRAME_OWNED_BY_CSTACK) {
         return 1;
     }
@@ -224,7 +255,7 @@ static inline PyObject *tb_frame_local(tb_frame *frame, PyCodeObject *code, int 
         return NULL;
     }
     int kind = (unsigned char)PyBytes_AS_STRING(kinds)[i];
-    PyObject *value = frame->localsplus[i];
+    PyObject *value = tb_stackref_object(frame->localsplus[i]);
     if (kind & CO_FAST_HIDDEN) {
         return NULL;
     }
@@ -271,6 +302,94 @@ static inline int tb_value_kind(PyObject *value) {
 /* Signal safe: the type's name, as repr's <... object> shows it. */
 static inline const char *tb_type_name(PyObject *object) {
     return Py_TYPE(object)->tp_name;
+}
+
+/* ---- the layout check: these headers against the running interpreter ---- */
+
+#if PY_VERSION_HEX >= 0x030D0000
+typedef struct {
+    const char *field;        /* as _Py_DebugOffsets names it */
+    uint64_t expected;        /* where these headers put it */
+    const uint64_t *actual;   /* where the running interpreter says it is */
+} tb_layout_field;
+
+#define TB_LAYOUT(section, name, offset) \
+    {#section "." #name, (uint64_t)(offset), &_PyRuntime.debug_offsets.section.name}
+
+/* Every field the walk reads that _PyRuntime.debug_offsets lists. */
+static const tb_layout_field tb_layout_fields[] = {
+    TB_LAYOUT(interpreter_state, threads_head, offsetof(PyInterpreterState, threads.head)),
+    TB_LAYOUT(interpreter_state, ceval_gil, offsetof(PyInterpreterState, ceval.gil)),
+    TB_LAYOUT(interpreter_state, gil_runtime_state_locked, offsetof(PyInterpreterState, _gil.locked)),
+    TB_LAYOUT(interpreter_state, gil_runtime_state_holder, offsetof(PyInterpreterState, _gil.last_holder)),
+    TB_LAYOUT(thread_state, next, offsetof(PyThreadState, next)),
+    TB_LAYOUT(thread_state, current_frame, offsetof(PyThreadState, current_frame)),
+    TB_LAYOUT(thread_state, thread_id, offsetof(PyThreadState, thread_id)),
+    TB_LAYOUT(thread_state, native_thread_id, offsetof(PyThreadState, native_thread_id)),
+    TB_LAYOUT(interpreter_frame, previous, offsetof(_PyInterpreterFrame, previous)),
+    TB_LAYOUT(interpreter_frame, executable, offsetof(_PyInterpreterFrame, f_executable)),
+    TB_LAYOUT(interpreter_frame, instr_ptr, offsetof(_PyInterpreterFrame, instr_ptr)),
+    TB_LAYOUT(interpreter_frame, localsplus, offsetof(_PyInterpreterFrame, localsplus)),
+    TB_LAYOUT(interpreter_frame, owner, offsetof(_PyInterpreterFrame, owner)),
+    TB_LAYOUT(code_object, filename, offsetof(PyCodeObject, co_filename)),
+    TB_LAYOUT(code_object, name, offsetof(PyCodeObject, co_name)),
+    TB_LAYOUT(code_object, linetable, offsetof(PyCodeObject, co_linetable)),
+    TB_LAYOUT(code_object, firstlineno, offsetof(PyCodeObject, co_firstlineno)),
+    TB_LAYOUT(code_object, localsplusnames, offsetof(PyCodeObject, co_localsplusnames)),
+    TB_LAYOUT(code_object, localspluskinds, offsetof(PyCodeObject, co_localspluskinds)),
+    TB_LAYOUT(code_object, co_code_adaptive, offsetof(PyCodeObject, co_code_adaptive)),
+    TB_LAYOUT(pyobject, ob_type, offsetof(PyObject, ob_type)),
+    TB_LAYOUT(type_object, tp_name, offsetof(PyTypeObject, tp_name)),
+    TB_LAYOUT(tuple_object, ob_item, offsetof(PyTupleObject, ob_item)),
+    TB_LAYOUT(tuple_object, ob_size, offsetof(PyTupleObject, ob_base.ob_size)),
+    TB_LAYOUT(bytes_object, ob_size, offsetof(PyBytesObject, ob_base.ob_size)),
+    TB_LAYOUT(bytes_object, ob_sval, offsetof(PyBytesObject, ob_sval)),
+    TB_LAYOUT(unicode_object, state, offsetof(PyASCIIObject, state)),
+    TB_LAYOUT(unicode_object, length, offsetof(PyASCIIObject, length)),
+    TB_LAYOUT(unicode_object, asciiobject_size, sizeof(PyASCIIObject)),
+    TB_LAYOUT(float_object, ob_fval, offsetof(PyFloatObject, ob_fval)),
+    TB_LAYOUT(long_object, lv_tag, offsetof(PyLongObject, long_value.lv_tag)),
+    TB_LAYOUT(long_object, ob_digit, offsetof(PyLongObject, long_value.ob_digit)),
+};
+#endif
+
+/* Not on the dump path (import time, with the GIL).  NULL when the running
+   interpreter lays out every field the walk reads as these headers do; else a
+   sentence naming the first field that differs, in `message`.  `skewed` names a
+   field whose expected offset is taken as 8 more (a test hook), or is NULL. */
+static inline const char *tb_layout_mismatch(const char *skewed, char *message, size_t size) {
+#if PY_VERSION_HEX >= 0x030D0000
+    const _Py_DebugOffsets *table = &_PyRuntime.debug_offsets;
+    if (memcmp(table->cookie, "xdebugpy", 8) != 0) {
+        snprintf(message, size, "_PyRuntime.debug_offsets has no xdebugpy cookie");
+        return message;
+    }
+    if ((table->version >> 16) != (PY_VERSION_HEX >> 16)) {
+        snprintf(message, size, "the interpreter is version %#llx, the core was built for %#x",
+                 (unsigned long long)table->version, (unsigned)PY_VERSION_HEX);
+        return message;
+    }
+    if (table->free_threaded) {
+        snprintf(message, size, "the interpreter is free-threaded");
+        return message;
+    }
+    for (size_t i = 0; i < sizeof(tb_layout_fields) / sizeof(tb_layout_fields[0]); i++) {
+        const tb_layout_field *entry = &tb_layout_fields[i];
+        uint64_t expected = entry->expected;
+        if (skewed != NULL && strcmp(skewed, entry->field) == 0) {
+            expected += 8;
+        }
+        if (*entry->actual != expected) {
+            snprintf(message, size, "%s is at %llu in CPython %#llx, the core was built for %llu",
+                     entry->field, (unsigned long long)*entry->actual,
+                     (unsigned long long)table->version, (unsigned long long)expected);
+            return message;
+        }
+    }
+#else
+    (void)skewed, (void)message, (void)size;  /* 3.11 and 3.12 publish no offsets table */
+#endif
+    return NULL;
 }
 
 #endif /* TBCORE_PYTHON_H */
