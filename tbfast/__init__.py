@@ -15,7 +15,7 @@ from . import _fallback, _limits
 from ._limits import FORMATS, check_format as _check_format
 
 __all__ = [
-    "HAS_CORE", "MODE", "FORMATS", "dump_traceback", "format_traceback", "register",
+    "HAS_CORE", "MODE", "FALLBACK_REASON", "FORMATS", "dump_traceback", "format_traceback", "register",
     "unregister", "set_context", "get_context", "configure", "harakiri", "HarakiriError",
     "dump_traceback_later", "cancel_dump_traceback_later", "Breakpoint",
 ]
@@ -23,18 +23,7 @@ __version__ = "0.1.0"
 
 MIN_BUFFER_SIZE = 4096
 
-_impl = None
-if not os.environ.get("TBFAST_NO_EXTENSIONS"):
-    try:
-        from . import _tbcore as _impl
-    except ImportError:
-        _impl = None
-if _impl is None:
-    _impl = _fallback
-
-HAS_CORE = _impl.MODE == "core"
-#: "core" when the C core is in use, "python" for the pure-Python fallback.
-MODE = _impl.MODE
+from ._backend import FALLBACK_REASON, HAS_CORE, MODE, impl as _impl, warn_if_fallback
 
 if HAS_CORE:
     from . import _names
@@ -126,6 +115,7 @@ def register(signum, file=None, all_threads=True, chain=False, *, format="text",
     _check_format(format)
     signum = _valid_signal(signum)
     fd = -1 if file is False and log else _fileno(file)
+    warn_if_fallback("register(%s)" % _signal_name(signum))
     if log:
         watchdog.ensure_configured()  # its Python side logs and ships
     _impl.register(signum, fd, all_threads, chain, format, _signal_name(signum), log)

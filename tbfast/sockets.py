@@ -23,6 +23,7 @@ import sys
 import threading
 
 from . import _fallback_server, _impl, consistent
+from ._backend import warn_if_fallback
 from ._limits import check_format
 
 # The one place the server is chosen.
@@ -96,6 +97,7 @@ def enable_tracebacker(basename, worker_id=None, *, mode=0o600, format="text"):
         raise ValueError("mode must be an int in 0..0o777, not %r" % (mode,))
     check_format(format)
     _check_path(basename + str(worker_id if worker_id is not None else 1))
+    warn_if_fallback("enable_tracebacker()")
     with _guard():
         _install_hooks()
         _teardown()

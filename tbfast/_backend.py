@@ -1,0 +1,55 @@
+"""Which implementation serves tbfast, chosen once at import: the C core, or the
+pure-Python fallback, and why.
+
+The fallback gives the same dumps whenever the GIL can be taken, but not when a
+thread holding it is stuck in C.  So a call whose whole point is a GIL-free dump
+(a signal handler, the socket server, an aborting harakiri) logs one WARNING per
+process when the fallback serves it, naming the reason.
+"""
+
+import logging
+import os
+import sysconfig
+import warnings
+
+from . import _fallback
+
+__all__ = ["impl", "MODE", "HAS_CORE", "FALLBACK_REASON", "warn_if_fallback"]
+
+
+def _choose():
+    """``(implementation, why the fallback)``; the reason is None for the core."""
+    if os.environ.get("TBFAST_NO_EXTENSIONS"):
+        return _fallback, "TBFAST_NO_EXTENSIONS is set"
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return _fallback, "this CPython is free-threaded, which the core does not support"
+    try:
+        from . import _tbcore
+    except ModuleNotFoundError:
+        return _fallback, "the C core was not built (pip install -v tbfast shows why)"
+    except ImportError as error:  # built, but refused: a layout mismatch, a missing symbol
+        warnings.warn("%s; tbfast uses its pure-Python fallback, whose dumps need the GIL"
+                      % error, RuntimeWarning, stacklevel=2)
+        return _fallback, str(error)
+    return _tbcore, None
+
+
+impl, FALLBACK_REASON = _choose()
+#: "core" when the C core is in use, "python" for the pure-Python fallback.
+MODE = impl.MODE
+HAS_CORE = MODE == "core"
+
+_warned_pid = None
+
+
+def warn_if_fallback(promise):
+    """Logs, once per process, that `promise` (a GIL-free dump path) is served by
+    the fallback; nothing when the core serves it."""
+    global _warned_pid
+    if HAS_CORE or _warned_pid == os.getpid():
+        return
+    _warned_pid = os.getpid()
+    logging.getLogger("tbfast").warning(
+        "tbfast: %s is served by the pure-Python fallback because %s: its dumps need "
+        "the GIL, so a thread stuck in C while holding it delays or stops them",
+        promise, FALLBACK_REASON)
