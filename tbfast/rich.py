@@ -81,20 +81,49 @@ def _snapshot(collection):
 
 
 def _all_tasks():
-    """Every task asyncio knows, of every loop: its registries are global
-    (3.11: _all_tasks; 3.12, 3.13: _scheduled_tasks and _eager_tasks)."""
+    """Every pending task asyncio knows, of every loop.  3.11 to 3.13 keep them all in
+    global registries (3.11: _all_tasks; 3.12, 3.13: _scheduled_tasks and _eager_tasks).
+    3.14 keeps its C tasks in per-thread lists that only asyncio.all_tasks(loop)
+    reads, so there the loops come first: the loop running in each thread and the
+    loops of the tasks in the registries (which still hold tasks of other kinds)."""
     tasks_module = sys.modules.get("asyncio.tasks")
     if tasks_module is None:
         return []
-    found, seen = [], set()
+    candidates = []
     for name in ("_all_tasks", "_scheduled_tasks", "_eager_tasks"):
         registry = getattr(tasks_module, name, None)
         if isinstance(registry, (set, weakref.WeakSet)):
-            for task in _snapshot(registry):
-                if id(task) not in seen and not task.done():
-                    seen.add(id(task))
-                    found.append(task)
+            candidates += _snapshot(registry)
+    if sys.version_info >= (3, 14):
+        loops = {id(loop): loop for loop in _running_loops()}
+        loops.update((id(task.get_loop()), task.get_loop()) for task in candidates)
+        for loop in loops.values():
+            candidates += tasks_module.all_tasks(loop)
+    found, seen = [], set()
+    for task in candidates:
+        if id(task) not in seen and not task.done():
+            seen.add(id(task))
+            found.append(task)
     return found
+
+
+def _running_loops():
+    """The event loop each thread runs now: the ``self`` of its frame in
+    BaseEventLoop.run_forever (subclasses that override it call it too)."""
+    base_events = sys.modules.get("asyncio.base_events")
+    if base_events is None:
+        return []
+    run_forever = base_events.BaseEventLoop.run_forever.__code__
+    loops = []
+    for frame in sys._current_frames().values():
+        for _ in range(MAX_FRAMES):
+            if frame is None:
+                break
+            if frame.f_code is run_forever:
+                loops.append(frame.f_locals.get("self"))
+                break
+            frame = frame.f_back
+    return [loop for loop in loops if loop is not None]
 
 
 class _Node:
@@ -240,8 +269,7 @@ class _Loop:
         self.loop, self.tasks = loop, tasks
         self.running = bool(getattr(loop, "is_running", lambda: False)())
         # The task whose step runs now: if the loop is blocked, the one blocking it.
-        current_tasks = getattr(sys.modules.get("asyncio.tasks"), "_current_tasks", {})
-        self.current = current_tasks.get(loop)
+        self.current = sys.modules["asyncio.tasks"].current_task(loop)
         self.thread = getattr(loop, "_thread_id", None) if self.running else None
         known = threading._active.get(self.thread) if self.thread is not None else None
         self.thread_name = known.name if known is not None else None
