@@ -3,6 +3,7 @@
 import inspect
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -52,6 +53,7 @@ def line_of(function, text):
 @pytest.mark.parametrize("how, function, call", [
     ("sleep", gil_holder.hold_gil_in_sleep, "sleep(5)"),
     ("regex", gil_holder.hold_gil_in_regex, "re.match"),
+    ("sum", gil_holder.hold_gil_in_sum, "sum(itertools"),
 ])
 def test_dump_while_main_thread_holds_the_gil(how, function, call):
     child = start_holder(how)
@@ -67,8 +69,8 @@ def test_dump_while_main_thread_holds_the_gil(how, function, call):
     assert main["context"] == "GET /stuck?id=7"
     places = [(frame["function"], frame["line"]) for frame in main["frames"]]
     stuck = places.index((function.__name__, line_of(function, call)))
-    # re.match is Python code that calls into the C matcher; PyDLL's sleep is C directly.
-    assert [name for name, line in places[:stuck]] == (["match"] if how == "regex" else [])
+    # re.match is Python code that calls into the C matcher; PyDLL's sleep and sum are C.
+    assert [name for name, line in places[:stuck]] == ([re.match.__name__] if how == "regex" else [])
     assert [name for name, line in places[stuck + 1:]] == ["main", "<module>"]
     helper = [thread for thread in document["threads"] if thread["name"] == "helper"]
     assert len(helper) == 1 and not helper[0]["holds_gil"]

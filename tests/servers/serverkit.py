@@ -137,8 +137,9 @@ def middleware_frame():
 
 def regex_match_frame():
     """(file, line, function) of the stdlib's re.match, where the engine runs."""
+    # 3.15 renamed it prefixmatch (match is an alias), and calls Pattern.prefixmatch.
     return (inspect.getsourcefile(re.match),
-            source_line(re.match, "return _compile(pattern, flags).match(string)"), "match")
+            source_line(re.match, "return _compile(pattern, flags)."), re.match.__name__)
 
 
 # What a client of a killed worker gets: the connection closes with no answer.
