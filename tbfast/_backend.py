@@ -4,9 +4,11 @@ pure-Python fallback, and why.
 The fallback gives the same dumps whenever the GIL can be taken, but not when a
 thread holding it is stuck in C.  So a call whose whole point is a GIL-free dump
 (a signal handler, the socket server, an aborting harakiri) logs one WARNING per
-process when the fallback serves it, naming the reason.
+process when the fallback serves it, naming the reason, unless the user chose
+the fallback (TBFAST_NO_EXTENSIONS=1).
 """
 
+import importlib.util
 import logging
 import os
 import sysconfig
@@ -19,14 +21,14 @@ __all__ = ["impl", "MODE", "HAS_CORE", "FALLBACK_REASON", "warn_if_fallback"]
 
 def _choose():
     """``(implementation, why the fallback)``; the reason is None for the core."""
-    if os.environ.get("TBFAST_NO_EXTENSIONS"):
+    if CHOSEN_BY_USER:
         return _fallback, "TBFAST_NO_EXTENSIONS is set"
     if sysconfig.get_config_var("Py_GIL_DISABLED"):
         return _fallback, "this CPython is free-threaded, which the core does not support"
+    if importlib.util.find_spec(__package__ + "._tbcore") is None:
+        return _fallback, "the C core was not built (pip install -v tbfast shows why)"
     try:
         from . import _tbcore
-    except ModuleNotFoundError:
-        return _fallback, "the C core was not built (pip install -v tbfast shows why)"
     except ImportError as error:  # built, but refused: a layout mismatch, a missing symbol
         warnings.warn("%s; tbfast uses its pure-Python fallback, whose dumps need the GIL"
                       % error, RuntimeWarning, stacklevel=2)
@@ -34,6 +36,7 @@ def _choose():
     return _tbcore, None
 
 
+CHOSEN_BY_USER = bool(os.environ.get("TBFAST_NO_EXTENSIONS"))
 impl, FALLBACK_REASON = _choose()
 #: "core" when the C core is in use, "python" for the pure-Python fallback.
 MODE = impl.MODE
@@ -44,9 +47,9 @@ _warned_pid = None
 
 def warn_if_fallback(promise):
     """Logs, once per process, that `promise` (a GIL-free dump path) is served by
-    the fallback; nothing when the core serves it."""
+    the fallback; nothing when the core serves it or the user chose the fallback."""
     global _warned_pid
-    if HAS_CORE or _warned_pid == os.getpid():
+    if HAS_CORE or CHOSEN_BY_USER or _warned_pid == os.getpid():
         return
     _warned_pid = os.getpid()
     logging.getLogger("tbfast").warning(
