@@ -171,7 +171,7 @@ def configure(*, buffer_size=None, gil_wait=None):
     """Resize the preallocated dump buffers (bytes); a dump larger than this is
     cut with a marker saying how much was left out.  Also TBFAST_BUFFER_SIZE.
 
-    `gil_wait` (seconds, default 0.05; 0 turns it off): how long a socket dump
+    `gil_wait` (seconds, default 0.025; 0 turns it off): how long a socket dump
     tries to take the GIL for a consistent walk before it falls back to the
     GIL-free one.  Needs the core; the pure-Python server always holds the GIL."""
     if gil_wait is not None:

@@ -27,8 +27,11 @@ DEFAULT_BUFFER_SIZE = 2 * 1024 * 1024
 DEFAULT_MASK = ("password", "passwd", "secret", "token", "authorization", "cookie",
                 "api_key", "apikey", "credential", "private_key", "session")
 
-# How long a socket dump tries to take the GIL before it falls back to the GIL-free walk.
-DEFAULT_GIL_WAIT = 0.05
+# How long a socket dump tries to take the GIL before it falls back to the GIL-free walk:
+# five of CPython's 5 ms switch intervals.  A holder running Python code lets the GIL go
+# within one once another thread asks for it; one that has not after five is in C (a
+# stuck worker's usual case), and its dump should not wait longer to come GIL-free.
+DEFAULT_GIL_WAIT = 0.025
 
 # Locals (opt-in): the first MAX_LOCALS of a frame, then "... N more"; names and
 # reprs cut as the other strings are.
