@@ -64,9 +64,6 @@ class HarakiriScope:
         self.timeout_ns = _nanoseconds(seconds, "timeout")
         if action not in ACTIONS:
             raise ValueError("unknown action %r: use one of log, raise, abort" % (action,))
-        if action == "abort":
-            from ._backend import warn_if_fallback  # here: _backend imports _fallback, which imports us
-            warn_if_fallback('harakiri(action="abort")')
         self.seconds, self.action_name = seconds, action
 
     def __enter__(self):

@@ -19,6 +19,7 @@ import struct
 import threading
 
 import tbfast
+from ._backend import HAS_CORE, warn_if_fallback
 
 # ident, nanoseconds stuck, kind, mailbox + 1 (0: none), spool file number (0: none)
 _RECORD = struct.Struct("=5Q")
@@ -131,8 +132,16 @@ def ensure_configured():
     _watchdog.ensure_configured()
 
 
-# The scope class itself, so entering one is a single C call.
-harakiri = tbfast._impl.HarakiriScope
+if HAS_CORE:
+    harakiri = tbfast._impl.HarakiriScope  # the class itself: entering one is a single C call
+else:
+    class harakiri(tbfast._impl.HarakiriScope):  # noqa: N801 - the same name as the core's
+        """The fallback's scope, which says once that an aborting deadline is not GIL-free."""
+
+        def __init__(self, seconds, action="log"):
+            super().__init__(seconds, action)
+            if action == "abort":
+                warn_if_fallback('harakiri(action="abort")')
 
 
 def dump_traceback_later(timeout, repeat=False, file=None, exit=False):
