@@ -46,7 +46,7 @@ import flask
 import tbfast
 from tbfast import livebp
 
-import report
+import formatting
 from bench_idle import serve_requests
 from measure import RoundSeries, choose_n, shuffled_rounds
 
@@ -233,7 +233,7 @@ LABELS = {
 
 def _ratio_cell(result, variant):
     low, high = deciles(result.round_ratios(variant))
-    return "%s (%s–%s)" % (report.times(result.ratio(variant)) if result.ratio(variant) >= 1.1
+    return "%s (%s–%s)" % (formatting.times(result.ratio(variant)) if result.ratio(variant) >= 1.1
                            else "%.3f×" % result.ratio(variant), "%.2f" % low, "%.2f" % high)
 
 
@@ -262,7 +262,7 @@ def target_rows(result):
                          % (ARMED_TARGET, variant, result.python), "%.2f×" % got,
                          "%.2f–%.2f" % (low, high),
                          "met" if got <= ARMED_TARGET else "**missed**: %s µs of set-up a request"
-                         % report.micros(1000 * result.added_us(variant, "armed only, hot code"))))
+                         % formatting.micros(1000 * result.added_us(variant, "armed only, hot code"))))
     return rows
 
 
@@ -275,17 +275,17 @@ def section(result):
            "(`benchmarks/bench_livebp.py`). Ratios: the median of the per-round ratios of the "
            "variant's time to the bare app's, and their p10–p90."
            % (result.python, result.mechanism, result.rounds), ""]
-    rows = [(LABELS[variant], report.micros(result.series[variant].median),
+    rows = [(LABELS[variant], formatting.micros(result.series[variant].median),
              _ratio_cell(result, variant)) for variant in VARIANTS]
-    out.append(report.table(("request", "µs", "× the bare app"), rows))
+    out.append(formatting.table(("request", "µs", "× the bare app"), rows))
     out += ["",
             "- Per-request set-up of a `livebp` request (query, token, resolving module:line): "
             "%s µs (\"livebp, hot code\" minus \"armed only\")."
-            % report.micros(1000 * result.added_us("livebp, hot code", "armed only, hot code")),
+            % formatting.micros(1000 * result.added_us("livebp, hot code", "armed only, hot code")),
             "- The classic approach slows every traced request %s (%s µs more than the bare "
-            "app's %s µs)." % (report.times(result.ratio("classic settrace")),
-                               report.micros(1000 * result.added_us("classic settrace")),
-                               report.micros(bare)),
+            "app's %s µs)." % (formatting.times(result.ratio("classic settrace")),
+                               formatting.micros(1000 * result.added_us("classic settrace")),
+                               formatting.micros(bare)),
             ""]
     return "\n".join(out)
 
@@ -297,7 +297,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     result = measure(max_rounds=args.rounds, seconds=args.seconds)
     print(section(result))
-    print(report.table(("target", "got", "p10–p90", "verdict"), target_rows(result)))
+    print(formatting.table(("target", "got", "p10–p90", "verdict"), target_rows(result)))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 import math
 import statistics
 
+from formatting import micros, ns, table, times, verdict
+
 HEADLINE_CELL = (64, 64)
 PIPE = "pipe 1 MiB"
 DEVNULL = "/dev/null"
@@ -70,29 +72,6 @@ def find_cell(cells, shape):
 
 
 # ---------------------------------------------------------------- formatting
-
-def micros(ns):
-    value = ns / 1000.0
-    if value >= 100:
-        return "%.0f" % value
-    if value >= 10:
-        return "%.1f" % value
-    return "%.2f" % value
-
-
-def times(value):
-    return "%.1f×" % value if value < 100 else "%.0f×" % value
-
-
-def ns(value):
-    return "%.0f" % value if value >= 10 else "%.1f" % value
-
-
-def table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(item) for item in row) + " |" for row in rows]
-    return "\n".join(lines)
-
 
 def shape(cell):
     return "%d×%d" % (cell.threads, cell.depth)
@@ -181,10 +160,6 @@ def paired_spread(cell, tool, sink, base):
         return "–"
     deciles = statistics.quantiles(ratios, n=10, method="inclusive")
     return "%s–%s" % (times(deciles[0]), times(deciles[-1]))
-
-
-def verdict(met, shortfall):
-    return "met" if met else "**missed**: " + shortfall
 
 
 def machine(info):

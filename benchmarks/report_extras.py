@@ -6,7 +6,7 @@ import statistics
 
 import bench_harakiri
 import bench_livebp
-from report import micros, ns, table, times
+from formatting import micros, ns, table, times, verdict
 
 HARAKIRI_TARGET_NS = 200.0
 IDLE_TARGET = 0.01
@@ -30,10 +30,6 @@ def _pct(ratio):
     return "%+.1f%%" % (100 * (ratio - 1))
 
 
-def _verdict(met, shortfall):
-    return "met" if met else "**missed**: " + shortfall
-
-
 def _micro_pair(series):
     low, high = series.p10_p90
     return "%s–%s" % (micros(low), micros(high))
@@ -51,7 +47,7 @@ def target_rows(extras):
                          % (HARAKIRI_TARGET_NS, bench_harakiri.LABELS[variant], what),
                          "%s ns (net %s ns)" % (ns(raw), ns(net)),
                          "%s–%s ns" % (ns(low), ns(high)),
-                         _verdict(raw <= HARAKIRI_TARGET_NS, "%s ns over raw (%.0f%%)%s%s" % (
+                         verdict(raw <= HARAKIRI_TARGET_NS, "%s ns over raw (%.0f%%)%s%s" % (
                              ns(raw - HARAKIRI_TARGET_NS), 100 * (raw / HARAKIRI_TARGET_NS - 1),
                              "; net is within" if net <= HARAKIRI_TARGET_NS else
                              ", %s ns over net" % ns(net - HARAKIRI_TARGET_NS),
@@ -88,7 +84,7 @@ def target_rows(extras):
             got = theirs.median / ours.median
             rows.append(("round trip ≥ %.0f× faster than uWSGI's tracebacker (slow.py, the busy "
                          "worker; %s)" % (ROUNDTRIP_TARGET, what), times(got), _paired(theirs, ours),
-                         _verdict(got >= ROUNDTRIP_TARGET, "%.1f× short: needs ≤ %s µs, is %s µs%s" % (
+                         verdict(got >= ROUNDTRIP_TARGET, "%.1f× short: needs ≤ %s µs, is %s µs%s" % (
                              ROUNDTRIP_TARGET - got, micros(theirs.median / ROUNDTRIP_TARGET),
                              micros(ours.median),
                              "; a consistent dump hands the client to a Python thread of the "
