@@ -72,7 +72,7 @@ def extensions():
         flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=" + sanitize]
         link = ["-fsanitize=" + sanitize]
     # TBFAST_DISABLE_GUARD=1 builds without the fault guard, only to show that the
-    # robustness tests catch its absence (README, "Robustness").
+    # robustness tests catch its absence (docs/robustness.md).
     macros = [("TBFAST_DISABLE_GUARD", "1")] if os.environ.get("TBFAST_DISABLE_GUARD") else []
     core = Extension(
         "tbfast._tbcore",

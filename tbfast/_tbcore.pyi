@@ -1,6 +1,9 @@
 """Type stubs of the C core; tbfast/__init__.py is the documented API over it."""
 
-from typing import Callable, Iterable, Literal, TypeVar
+from types import TracebackType
+from typing import Callable, Iterable, Literal, Self, TypeVar
+
+from typing_extensions import disjoint_base
 
 _Format = Literal["text", "uwsgi", "json"]
 _Action = Literal["log", "raise", "abort"]
@@ -8,6 +11,7 @@ _F = TypeVar("_F", bound=Callable[..., object])
 
 MODE: Literal["core"]
 FORMATS: dict[str, int]
+FORMAT_NAMES: dict[int, str]
 ACTIONS: dict[str, int]
 
 def format_dump(all_threads: bool, fmt: _Format, skip: int, trigger: str = ...,
@@ -33,12 +37,14 @@ def register(signum: int, fd: int, all_threads: bool, chain: bool, fmt: _Format,
              log: bool = ...) -> None: ...
 def unregister(signum: int) -> bool: ...
 
+@disjoint_base
 class HarakiriScope:
     seconds: float
     action_name: _Action
-    def __init__(self, seconds: float, action: _Action = ...) -> None: ...
-    def __enter__(self) -> HarakiriScope: ...
-    def __exit__(self, *exc_info: object) -> Literal[False]: ...
+    def __new__(cls, seconds: float, action: _Action = ...) -> Self: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, exc_type: type[BaseException] | None, exc_value: BaseException | None,
+                 traceback: TracebackType | None) -> Literal[False]: ...
     def __call__(self, function: _F) -> _F: ...
 
 def watchdog_configure(dump_fd: int, fmt: _Format, notify_fd: int, repeat: float, grace: float) -> None: ...
