@@ -11,7 +11,7 @@
 
 ``sections(format)`` is what a dump appends after its threads.  Nothing here
 imports asyncio, gevent or greenlet: what the program has not imported has no
-task or greenlet to show, and a dump must not import (see the README on fork).
+task or greenlet to show, and a dump must not import (docs/rich.md).
 Every walk is bounded.
 """
 

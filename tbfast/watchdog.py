@@ -340,7 +340,7 @@ def _text_context(dump, ident):
 
 def log_fields(kind, ident, stuck_ns, dump, document, json, spooled=None, orphan=False):
     """((message, *args), extra) of the record for one dump: `tbfast_*` attributes
-    (see README, "Logging"), and a one-line JSON message when the dump is JSON."""
+    (docs/shipping.md, "Logging"), and a one-line JSON message when the dump is JSON."""
     thread = _thread_of(document, ident) if document is not None else {}
     if orphan:  # a spooled dump whose process is gone
         ident = thread.get("ident")

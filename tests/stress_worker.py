@@ -29,7 +29,7 @@ import time
 
 def figures(name, **values):
     """One `figures:` line on stdout (pytest -s), and into $TBFAST_FIGURES when set:
-    the README's robustness table quotes them."""
+    docs/robustness.md says what each one counts."""
     line = "figures: %s %s" % (name, json.dumps(values, sort_keys=True))
     print(line)
     if os.environ.get("TBFAST_FIGURES"):

@@ -5,7 +5,7 @@ formed means); every load runs in a subprocess under a hard timeout.
 
 TBFAST_SOAK=N raises the stress test's 10,000 dumps to N (scripts/soak).  Each
 test prints one `figures:` line (pytest -s shows them; TBFAST_FIGURES=FILE also
-appends them to FILE), which the README's robustness table quotes."""
+appends them to FILE); docs/robustness.md says what each one counts."""
 
 import json
 import os
@@ -177,7 +177,7 @@ for item in parked:
 @needs_core
 def test_dumps_of_several_processes_into_one_pipe_never_interleave():
     """Each dump is one write() of more than PIPE_BUF bytes; a pipe whose buffer
-    holds them and whose reader keeps up gets them whole (see README, Limits)."""
+    holds them and whose reader keeps up gets them whole (docs/limits.md)."""
     processes, rounds = 4, 100
     read_end, write_end = pipe()
     writers = [subprocess.Popen([sys.executable, "-c", PIPE_WRITER % {"here": HERE}, str(write_end),
