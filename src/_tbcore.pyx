@@ -59,6 +59,11 @@ cdef const char *DUMP_SKIPPED = b"tbfast: dump skipped, every dump buffer is in 
 FORMATS = {"text": FORMAT_TEXT, "uwsgi": FORMAT_UWSGI, "json": FORMAT_JSON}
 
 
+class DumpSkipped(RuntimeError):
+    """Every dump buffer is in use (signal handlers nested in each other, say): the
+    message is the line a GIL-free dump writes in its place."""
+
+
 cdef int dump_to_fd_nogil(int fd, DumpRequest *request, int format, int timeout_ms) noexcept nogil:
     """Signal safe: the whole path for the GIL-free triggers: a dump, then one write.
     Returns 0 or an errno; EBUSY when every dumper is in use."""
@@ -83,7 +88,7 @@ cdef Dumper *dump_with_gil(bint all_threads, str fmt, int skip, str trigger,
     cdef bytes trigger_bytes = trigger.encode()
     cdef Dumper *d = dumper_acquire()
     if d == NULL:
-        raise RuntimeError("tbfast: every dump buffer is in use")
+        raise DumpSkipped(DUMP_SKIPPED.decode().rstrip("\n"))
     request_init(&request, PyInterpreterState_Get(), trigger_bytes, tb_thread_self(), True)
     request.all_threads = all_threads
     request.skip = skip

@@ -14,6 +14,8 @@ FORMATS: dict[str, int]
 FORMAT_NAMES: dict[int, str]
 ACTIONS: dict[str, int]
 
+class DumpSkipped(RuntimeError): ...
+
 def format_dump(all_threads: bool, fmt: _Format, skip: int, trigger: str = ...,
                 exclude_self: bool = ..., locals: bool = ...) -> bytes: ...
 def dump_to_fd(fd: int, all_threads: bool, fmt: _Format, skip: int, trigger: str = ...,
