@@ -3,7 +3,7 @@
 
 from posix.signal cimport (sigaction_t, sigaction, siginfo_t, sigemptyset,
                            SA_SIGINFO, SA_RESTART, SA_NODEFER, SA_ONSTACK)
-from libc.signal cimport SIG_DFL, SIG_IGN, raise_ as raise_signal
+from libc.signal cimport SIG_DFL, SIG_IGN, SIGABRT, raise_ as raise_signal
 
 cdef extern from "<signal.h>" nogil:
     enum: NSIG
@@ -36,9 +36,35 @@ cdef void on_signal(int signum, siginfo_t *info, void *context) noexcept nogil:
         hand_to_python(&request, slot.format, slot.fd, request.current_ident, 0, KIND_SIGNAL)
     else:
         dump_to_fd_nogil(slot.fd, &request, slot.format, SIGNAL_WRITE_MS)
-    if slot.chain:
+    if is_fault(signum):
+        end_with_fault(signum, slot)
+    elif slot.chain:
         chain_previous(signum, info, context, slot)
     tb_set_errno(saved_errno)
+
+
+cdef bint is_fault(int signum) noexcept nogil:
+    # Signal safe: the signals that end a process which returns from their handler
+    # into the faulting instruction (or, for SIGABRT, into abort()).
+    return (signum == SIGSEGV or signum == SIGBUS or signum == SIGFPE or signum == SIGILL
+            or signum == SIGABRT)
+
+
+cdef void end_with_fault(int signum, SignalSlot *slot) noexcept nogil:
+    # Signal safe: after the one dump, ours goes for good and the handler we replaced
+    # (chain) or the default action comes back, and the signal is raised again, as
+    # faulthandler does: the process ends as it would have without us, by the
+    # signal.  A fault that was not raised (a NULL read) takes it anew on return.
+    cdef sigaction_t default_action
+    if slot.chain:
+        sigaction(signum, &slot.previous, NULL)
+    else:
+        sigemptyset(&default_action.sa_mask)
+        default_action.sa_handler = SIG_DFL
+        default_action.sa_flags = 0
+        sigaction(signum, &default_action, NULL)
+    slot.installed = False
+    raise_signal(signum)
 
 
 cdef void chain_previous(int signum, siginfo_t *info, void *context, SignalSlot *slot) noexcept nogil:

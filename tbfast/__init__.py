@@ -111,6 +111,11 @@ def register(signum, file=None, all_threads=True, chain=False, *, format="text",
     With log=True the dump also goes to the `tbfast` logger once Python runs, to
     the spool (tbfast.spool) and to Sentry (tbfast.sentry), as harakiri dumps do;
     file=False then leaves out the fd.
+
+    A fault signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT) is dumped once: then
+    the handler that was there before (chain=True) or the default action comes back
+    and the signal is raised again, so the process ends by it, as with faulthandler.
+    The fallback refuses them (ValueError): its handler could never run on a fault.
     """
     _check_format(format)
     signum = _valid_signal(signum)

@@ -268,10 +268,17 @@ def get_context():
 
 
 _registered = {}
+# A Python-level handler runs between bytecodes, after the fault: a NULL read runs
+# again for ever, and abort() ends the process before it.
+FAULT_SIGNALS = frozenset((signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
+                           signal.SIGABRT))
 
 
 def register(signum, fd, all_threads, chain, fmt, signame, log=False):
     """A Python-level handler: it runs only when the main thread runs Python."""
+    if signum in FAULT_SIGNALS:
+        raise ValueError("%s needs the C core (tbfast.MODE is %r): a Python-level handler "
+                         "never runs on a fault; use faulthandler.enable()" % (signame, MODE))
     def handler(number, frame):
         dump = format_dump(all_threads, fmt, 0, "signal:" + signame)
         if fd >= 0:
