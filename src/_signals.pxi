@@ -9,11 +9,11 @@ cdef extern from "<signal.h>" nogil:
     enum: NSIG
 
 cdef enum:
-    SIGNAL_WRITE_MS = 5000     # a stalled reader of the signal's fd loses the rest
+    SIGNAL_WRITE_MS = 5000     # a stalled reader of a signal's or the watchdog's fd loses the rest
 
 cdef struct SignalSlot:
     bint installed
-    int fd
+    Sink sink
     bint all_threads
     bint chain
     int format
@@ -33,9 +33,9 @@ cdef void on_signal(int signum, siginfo_t *info, void *context) noexcept nogil:
     request_init(&request, signal_interp, slot.trigger, tb_thread_self(), False)
     request.all_threads = slot.all_threads
     if slot.log:
-        hand_to_python(&request, slot.format, slot.fd, request.current_ident, 0, KIND_SIGNAL)
+        hand_to_python(&request, slot.format, &slot.sink, request.current_ident, 0, KIND_SIGNAL)
     else:
-        dump_to_fd_nogil(slot.fd, &request, slot.format, SIGNAL_WRITE_MS)
+        dump_to_sink(&slot.sink, &request, slot.format, SIGNAL_WRITE_MS)
     if is_fault(signum):
         end_with_fault(signum, slot)
     elif slot.chain:
@@ -92,7 +92,8 @@ cdef int signal_install(int signum, int fd, bint all_threads, bint chain, int fo
         raise ValueError("signal name too long")
     memcpy(slot.trigger, <const char *>trigger, len(trigger))
     slot.trigger[len(trigger)] = 0
-    slot.fd = fd
+    slot.sink.fd = fd
+    slot.sink.stalled = False
     slot.all_threads = all_threads
     slot.chain = chain
     slot.format = format

@@ -60,16 +60,24 @@ FORMATS = {"text": FORMAT_TEXT, "uwsgi": FORMAT_UWSGI, "json": FORMAT_JSON}
 
 
 cdef int dump_to_fd_nogil(int fd, DumpRequest *request, int format, int timeout_ms) noexcept nogil:
+    """Signal safe: dump_to_sink for an fd written once (a socket's client)."""
+    cdef Sink sink
+    sink.fd = fd
+    sink.stalled = False
+    return dump_to_sink(&sink, request, format, timeout_ms)
+
+
+cdef int dump_to_sink(Sink *sink, DumpRequest *request, int format, int timeout_ms) noexcept nogil:
     """Signal safe: the whole path for the GIL-free triggers: a dump, then one write.
     Returns 0 or an errno; EBUSY when every dumper is in use."""
     cdef Dumper *d = dumper_acquire()
     cdef int error
     if d == NULL:
-        write_all(fd, DUMP_SKIPPED, strlen(DUMP_SKIPPED), timeout_ms)
+        write_to_sink(sink, DUMP_SKIPPED, strlen(DUMP_SKIPPED), timeout_ms)
         return 16  # EBUSY
     dumper_start(d, format)
     dump(d, request)
-    error = write_dump(d, fd, timeout_ms)
+    error = write_dump_to_sink(d, sink, timeout_ms)
     tb_release(&d.busy)
     return error
 
@@ -349,7 +357,8 @@ cdef class HarakiriScope:
 def watchdog_configure(int dump_fd, str fmt, int notify_fd, double repeat, double grace):
     """Where expiries go (fd, or -1; the Python side's pipe, or -1), how often a still
     stuck thread is logged again and the grace before raise or abort; starts the thread."""
-    watchdog.dump_fd = dump_fd
+    watchdog.dump_sink.fd = dump_fd
+    watchdog.dump_sink.stalled = False
     watchdog.dump_format = FORMATS[fmt]
     watchdog.notify_fd = notify_fd
     watchdog.repeat_ns = seconds_to_ns(repeat, "repeat")
@@ -378,7 +387,8 @@ def raise_in_thread(unsigned long ident, exception):
 def dump_later(double timeout, bint repeat, int fd, bint exit):
     """faulthandler.dump_traceback_later, on the watchdog thread."""
     cdef long long interval = seconds_to_ns(timeout, "timeout")
-    watchdog.later_fd = fd
+    watchdog.later_sink.fd = fd
+    watchdog.later_sink.stalled = False
     watchdog.later_exit = exit
     watchdog.later_interval_ns = interval if repeat else 0
     watchdog_start()

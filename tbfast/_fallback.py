@@ -5,10 +5,13 @@ whenever it runs its output equals the core's, line for line below the header:
 this module is also the readable reference of the formats the core writes.
 """
 
+import errno
 import json
 import linecache
 import os
+import select
 import signal
+import stat
 import sys
 import threading
 import time
@@ -32,6 +35,8 @@ except ImportError:  # no core, so no such thread
         return 0
 
 MODE = "python"
+SIGNAL_WRITE_SECONDS = 5.0  # as the core's bounds: a signal's or the watchdog's dump
+API_WRITE_SECONDS = 60.0  # the caller's own fd
 _UWSGI_HEADER = b"*** uWSGI Python tracebacker output ***\n\n"
 _contexts = {}
 
@@ -246,14 +251,51 @@ def format_dump(all_threads, fmt, skip, trigger="api", exclude_self=False, safe=
     return header + _format_text(threads)
 
 
-def write_all(fd, data):
+def write_all(fd, data, timeout):
+    """All of `data` to fd within `timeout` seconds, as the core's write_all: a file or a
+    non-blocking fd takes it in one write when it can; a blocking pipe, socket or
+    terminal, whose write would wait for its reader for good, gets PIPE_BUF bytes at a
+    time, each once poll() says they fit.  BlockingIOError when the reader did not
+    take it all in time (it loses the rest), OSError when the write fails."""
     view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    whole = stat.S_ISREG(os.fstat(fd).st_mode) or not os.get_blocking(fd)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+
+    def wait_writable():
+        if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+            raise BlockingIOError(errno.EAGAIN, "tbfast: fd %d took no more within %g s"
+                                  % (fd, timeout))
+
     while view:
-        view = view[os.write(fd, view):]
+        if not whole:
+            wait_writable()
+        try:
+            view = view[os.write(fd, view if whole else view[:select.PIPE_BUF]):]
+        except BlockingIOError:
+            wait_writable()
+
+
+_stalled_fds = set()  # whose last signal or watchdog dump timed out
+
+
+def write_dump(fd, dump):
+    """A signal's or the watchdog's dump, which must not stop at a broken or stalled fd;
+    as the core's sinks, once a write to fd timed out, the next ones wait for nothing
+    until one goes through whole."""
+    try:
+        write_all(fd, dump, 0.0 if fd in _stalled_fds else SIGNAL_WRITE_SECONDS)
+    except BlockingIOError:
+        _stalled_fds.add(fd)
+    except OSError:
+        pass
+    else:
+        _stalled_fds.discard(fd)
 
 
 def dump_to_fd(fd, all_threads, fmt, skip, trigger="api", safe=None):
-    write_all(fd, format_dump(all_threads, fmt, skip + 1, trigger, safe=safe))
+    write_all(fd, format_dump(all_threads, fmt, skip + 1, trigger, safe=safe), API_WRITE_SECONDS)
 
 
 def set_context(text):
@@ -282,7 +324,7 @@ def register(signum, fd, all_threads, chain, fmt, signame, log=False):
     def handler(number, frame):
         dump = format_dump(all_threads, fmt, 0, "signal:" + signame)
         if fd >= 0:
-            write_all(fd, dump)
+            write_dump(fd, dump)
         if log:
             _notify(threading.get_ident(), 0, KIND_SIGNAL, dump)
         if chain and callable(previous):

@@ -133,7 +133,7 @@ def _expire(ident, entry, now):
     if not reported or (action == "log" and now >= next_report):
         dump = _fallback.format_dump(True, _state.format, 0, "harakiri")
         if _state.dump_fd >= 0:
-            _fallback.write_all(_state.dump_fd, dump)
+            _fallback.write_dump(_state.dump_fd, dump)
         _notify(ident, stuck, 0, dump)
         entry[4] = now + _state.repeat_ns
     if not reported and action != "log":
@@ -157,7 +157,7 @@ def _run():
             if _state.later is not None:
                 deadline, interval, fd, exit_after = _state.later
                 if now >= deadline:
-                    _fallback.write_all(fd, _fallback.format_dump(True, "text", 0, "timeout"))
+                    _fallback.write_dump(fd, _fallback.format_dump(True, "text", 0, "timeout"))
                     if exit_after:
                         os._exit(1)
                     _state.later = (now + interval, interval, fd, False) if interval else None
