@@ -57,7 +57,7 @@ def _serve():
         fd, fmt, with_locals = _impl.handover_take()
         try:
             _impl.write_bounded(fd, gil_dump(fmt, with_locals), SOCKET_WRITE_MS)
-        except Exception as error:  # noqa: BLE001 - the client gets the reason, the thread goes on
+        except BaseException as error:  # noqa: BLE001 - the client gets the reason, the thread goes on
             _impl.write_bounded(fd, ("tbfast: dump failed: %s\n" % error).encode(), SOCKET_WRITE_MS)
         finally:
             _impl.handover_done()
