@@ -143,6 +143,12 @@ def buffer_size():
     return dumpers[0].capacity
 
 
+def set_mask(words):
+    """The words whose locals GIL-free dumps mask (a dump running meanwhile may use
+    either list)."""
+    set_locals_mask(words)
+
+
 def set_main_thread(unsigned long ident):
     global main_thread_ident
     main_thread_ident = ident

@@ -172,13 +172,18 @@ def get_context():
     return _impl.get_context()
 
 
-def configure(*, buffer_size=None, gil_wait=None):
+def configure(*, buffer_size=None, gil_wait=None, mask=None):
     """Resize the preallocated dump buffers (bytes); a dump larger than this is
     cut with a marker saying how much was left out.  Also TBFAST_BUFFER_SIZE.
 
     `gil_wait` (seconds, default 0.05; 0 turns it off): how long a socket dump
     tries to take the GIL for a consistent walk before it falls back to the
-    GIL-free one.  Needs the core; the pure-Python server always holds the GIL."""
+    GIL-free one.  Needs the core; the pure-Python server always holds the GIL.
+
+    `mask`: the words (substrings, any case) of the local names and dict keys
+    whose values every dump, snapshot and Sentry event shows as '********'; it
+    replaces the list, tbfast.saferepr.DEFAULT_MASK, so pass DEFAULT_MASK + (...)
+    to add words.  TBFAST_MASK (words, comma-separated) adds to the default."""
     if gil_wait is not None:
         if isinstance(gil_wait, bool) or not isinstance(gil_wait, (int, float)):
             raise TypeError("gil_wait must be a number of seconds")
@@ -186,6 +191,11 @@ def configure(*, buffer_size=None, gil_wait=None):
             _impl.handover_configure(gil_wait)
         elif not gil_wait >= 0:
             raise ValueError("gil_wait must be a number of seconds >= 0, not %r" % (gil_wait,))
+    if mask is not None:
+        words = _mask_words(mask)
+        if HAS_CORE:
+            _impl.set_mask(words)
+        safe_repr.mask = words
     if buffer_size is not None:
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, int):
             raise TypeError("buffer_size must be an int")
@@ -193,6 +203,16 @@ def configure(*, buffer_size=None, gil_wait=None):
             raise ValueError("buffer_size must be at least %d bytes, not %d"
                              % (MIN_BUFFER_SIZE, buffer_size))
         _impl.configure(buffer_size)
+
+
+def _mask_words(mask):
+    if isinstance(mask, (str, bytes)):
+        raise TypeError("mask must be a sequence of words, not one %s" % type(mask).__name__)
+    words = tuple(mask)
+    for word in words:
+        if not isinstance(word, str) or not word or "\0" in word:
+            raise ValueError("each mask word must be a non-empty str without NUL, not %r" % (word,))
+    return tuple(word.lower() for word in words)
 
 
 from .sockets import disable_tracebacker, enable_tracebacker  # noqa: E402 - needs _impl
@@ -206,7 +226,9 @@ def _configure_from_environment():
         size = int(value) if value else _limits.DEFAULT_BUFFER_SIZE
     except ValueError:
         raise ValueError("TBFAST_BUFFER_SIZE must be a number of bytes, not %r" % value) from None
-    configure(buffer_size=size, gil_wait=_limits.DEFAULT_GIL_WAIT)
+    more = [word.strip() for word in os.environ.get("TBFAST_MASK", "").split(",") if word.strip()]
+    configure(buffer_size=size, gil_wait=_limits.DEFAULT_GIL_WAIT,
+              mask=_limits.DEFAULT_MASK + tuple(more))
 
 
 _configure_from_environment()

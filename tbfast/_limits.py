@@ -23,9 +23,12 @@ def check_format(format):
 # The default buffer holds 100 threads x 100 frames of about 200 bytes each.
 DEFAULT_BUFFER_SIZE = 2 * 1024 * 1024
 
-# Substrings, matched case-insensitively, of variable names whose values dumps hide.
-DEFAULT_MASK = ("password", "passwd", "secret", "token", "authorization", "cookie",
-                "api_key", "apikey", "credential", "private_key", "session")
+# Substrings, matched case-insensitively, of the variable names and dict keys whose
+# values dumps hide (tbfast.configure(mask=...) and TBFAST_MASK change the list).
+# Wide on purpose: "auth" hides an `author` too, which costs less than a leak.
+DEFAULT_MASK = ("password", "passwd", "pwd", "passphrase", "secret", "token", "auth", "bearer",
+                "jwt", "cookie", "session", "csrf", "api_key", "apikey", "access_key",
+                "credential", "creds", "private_key", "privkey", "dsn", "database_url")
 
 # How long a socket dump tries to take the GIL before it falls back to the GIL-free walk.
 DEFAULT_GIL_WAIT = 0.05

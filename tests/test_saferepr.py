@@ -4,6 +4,7 @@ bound, and nothing it raises escapes.  Each case runs in a child process, so a
 dump that hangs or an exception that escapes fails the test, not the run."""
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -131,3 +132,52 @@ def ask(path, request):
                 break
             data += chunk
     return json.loads(data)
+
+
+# A frame with a local for each name the default mask words must hide, and more; it
+# prints what the Python formatter and the core show of them, before and after
+# tbfast.configure(mask=...), as JSON.
+MASK_WORKER = r"""
+import json, os, sys, tbfast
+
+def shown_locals():
+    auth = pwd = jwt = bearer = dsn = database_url = passphrase = privkey = creds = "hidden"
+    customer_ssn = iban_number = "hidden"
+    plain = "shown"
+    python = json.loads(tbfast.format_traceback(all_threads=False, format="json", locals=True))
+    shown = {"python": python["threads"][0]["frames"][0]["locals"]}
+    if tbfast.HAS_CORE:
+        core = json.loads(tbfast._impl.format_dump(False, "json", 0, "api", False, True))
+        shown["core"] = core["threads"][0]["frames"][0]["locals"]
+    return shown
+
+print(json.dumps(shown_locals()))
+tbfast.configure(mask=["plain"])
+print(json.dumps(shown_locals()))
+"""
+DEFAULT_MASKED = ("auth", "pwd", "jwt", "bearer", "dsn", "database_url", "passphrase", "privkey",
+                  "creds")
+
+
+def test_mask_words_cover_more_names_and_are_configured_by_api_and_environment():
+    result = subprocess.run([sys.executable, "-c", MASK_WORKER], capture_output=True, timeout=60,
+                            env=dict(os.environ, TBFAST_MASK="ssn, IBAN"))
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    before, after = [json.loads(line) for line in result.stdout.splitlines()]
+    assert set(before) == ({"python", "core"} if tbfast.HAS_CORE else {"python"})
+    for shown in before.values():
+        masked = {name for name, value in shown.items() if value == tbfast.saferepr.MASKED}
+        assert masked == set(DEFAULT_MASKED) | {"customer_ssn", "iban_number"}
+        assert shown["plain"] == "'shown'"
+    for shown in after.values():
+        masked = {name for name, value in shown.items() if value == tbfast.saferepr.MASKED}
+        assert masked == {"plain"}
+
+
+@pytest.mark.parametrize("mask, error", [
+    ("password", TypeError), (["ok", ""], ValueError), ([1], ValueError), (["a\0b"], ValueError)])
+def test_bad_mask_words_are_refused_and_change_nothing(mask, error):
+    before = tbfast.safe_repr.mask
+    with pytest.raises(error, match="mask"):
+        tbfast.configure(mask=mask)
+    assert tbfast.safe_repr.mask == before

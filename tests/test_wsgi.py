@@ -72,6 +72,16 @@ def test_deadline_and_context_end_with_the_request(server):
     assert contexts.count("GET /dump") == 1 and contexts.count("GET /fast") == 0
 
 
+def test_the_context_line_never_shows_a_livebp_token(server):
+    port, records = server
+    token = "-".join(("the", "token"))  # so that no source line the dump shows holds it
+    get(port, "/slow?x=1&livebp=tbfast.wsgi:1&livebp_token=%s&y=2" % token)
+    (record,) = records.wait_for(1)
+    message = record.getMessage()
+    assert "Context: GET /slow?x=1&livebp=tbfast.wsgi:1&y=2\n" in message
+    assert token not in message
+
+
 def test_bad_timeout_fails_at_setup():
     with pytest.raises(ValueError, match="positive number of seconds"):
         HarakiriMiddleware(app, timeout=0)
