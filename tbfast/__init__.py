@@ -59,6 +59,9 @@ def _fileno(file):
             fd = fileno()
         except (OSError, ValueError) as error:
             raise ValueError("file has no usable fd: %s" % error) from None
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError("%s.fileno() must return an int fd, not %s"
+                            % (type(file).__name__, type(fd).__name__))
         flush = getattr(file, "flush", None)
         if flush is not None:
             flush()
@@ -156,10 +159,13 @@ def set_context(text):
     """Set this thread's context line (a request's method and URL, say); None clears it.
 
     The core stores it where a GIL-free dump can read it; it is cut at
-    CONTEXT_LIMIT bytes with '...'.
+    CONTEXT_LIMIT bytes with '...'.  A NUL in it is refused (ValueError).
     """
     if text is not None and not isinstance(text, str):
         raise TypeError("context must be a str or None, not %s" % type(text).__name__)
+    if text is not None and "\0" in text:
+        raise ValueError("context must not contain a NUL character, as at index %d"
+                         % text.index("\0"))
     if HAS_CORE:  # a dump with locals comes from the Python formatter: it needs them too
         _fallback.set_context(text)
     if not _impl.set_context(text) and HAS_CORE:
@@ -176,21 +182,19 @@ def configure(*, buffer_size=None, gil_wait=None, mask=None):
     """Resize the preallocated dump buffers (bytes); a dump larger than this is
     cut with a marker saying how much was left out.  Also TBFAST_BUFFER_SIZE.
 
-    `gil_wait` (seconds, default 0.05; 0 turns it off): how long a socket dump
-    tries to take the GIL for a consistent walk before it falls back to the
-    GIL-free one.  Needs the core; the pure-Python server always holds the GIL.
+    `gil_wait` (seconds, default 0.05, at most 10; 0 turns it off): how long a
+    socket dump tries to take the GIL for a consistent walk before it falls back
+    to the GIL-free one.  Needs the core; the pure-Python server always holds the GIL.
 
     `mask`: the words (substrings, any case) of the local names and dict keys
     whose values every dump, snapshot and Sentry event shows as '********'; it
     replaces the list, tbfast.saferepr.DEFAULT_MASK, so pass DEFAULT_MASK + (...)
     to add words.  TBFAST_MASK (words, comma-separated) adds to the default."""
     if gil_wait is not None:
-        if isinstance(gil_wait, bool) or not isinstance(gil_wait, (int, float)):
-            raise TypeError("gil_wait must be a number of seconds")
+        gil_wait = _limits.check_seconds(gil_wait, "gil_wait", zero_ok=True,
+                                         most=_limits.MAX_GIL_WAIT)
         if hasattr(_impl, "handover_configure"):
             _impl.handover_configure(gil_wait)
-        elif not gil_wait >= 0:
-            raise ValueError("gil_wait must be a number of seconds >= 0, not %r" % (gil_wait,))
     if mask is not None:
         words = _mask_words(mask)
         if HAS_CORE:

@@ -7,11 +7,12 @@ do not mark the stuck thread's heading.
 
 import functools
 import itertools
-import math
 import os
 import struct
 import threading
 import time
+
+from ._limits import check_seconds
 
 _RECORD = struct.Struct("=5Q")  # as tbfast/watchdog.py reads it
 ACTIONS = ("log", "raise", "abort")
@@ -21,10 +22,8 @@ KIND_SIGNAL = 2  # a signal dump for the logger, as the core's
 SCOPE_DEPTH = 16  # harakiri scopes one thread may nest, as in the core
 
 
-def _nanoseconds(seconds, what):
-    if not isinstance(seconds, (int, float)) or not seconds > 0 or math.isinf(seconds):
-        raise ValueError("%s must be a positive number of seconds, not %r" % (what, seconds))
-    return int(seconds * 1e9)
+def _nanoseconds(seconds, what, zero_ok=False):
+    return int(check_seconds(seconds, what, zero_ok) * 1e9)
 
 
 class _State:
@@ -173,7 +172,7 @@ def watchdog_configure(dump_fd, fmt, notify_fd, repeat, grace):
     with _state.changed:
         _state.dump_fd, _state.format, _state.notify_fd = dump_fd, fmt, notify_fd
         _state.repeat_ns = _nanoseconds(repeat, "repeat")
-        _state.grace_ns = 0 if grace == 0 else _nanoseconds(grace, "grace")
+        _state.grace_ns = _nanoseconds(grace, "grace", True)
         if _state.thread is None:
             _state.thread = threading.Thread(target=_run, name="tbfast-watchdog", daemon=True)
             _state.thread.start()

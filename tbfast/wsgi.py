@@ -24,7 +24,8 @@ def request_context(environ):
     context = "%s %s%s" % (environ.get("REQUEST_METHOD", "?"), path or "/",
                            "?" + query if query else "")
     request_id = environ.get("HTTP_X_REQUEST_ID")
-    return context + (" id=" + request_id if request_id else "")
+    context += " id=" + request_id if request_id else ""
+    return context.replace("\0", "\\x00")  # a client's %00: set_context refuses a NUL
 
 
 class HarakiriMiddleware:
