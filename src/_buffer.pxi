@@ -404,9 +404,29 @@ cdef extern from *:
     """
     #include <fcntl.h>
     #include <limits.h>
+    #include <sys/ioctl.h>
     #include <sys/socket.h>
     #include <sys/stat.h>
+    #include <unistd.h>
     enum { TB_WRITE_WHOLE, TB_WRITE_SOCKET, TB_WRITE_CHUNKS };
+    static long tb_page_bytes = 4096;  /* a pipe's slot; set at import by tb_write_init */
+    static void tb_write_init(void) {
+        long page = sysconf(_SC_PAGESIZE);
+        if (page > 0) {
+            tb_page_bytes = page;
+        }
+    }
+    /* Signal safe (fcntl, ioctl: plain syscalls): how many bytes one write() to the pipe
+       fd surely takes whole without waiting: its capacity less what is unread, less
+       three slots (the reader's part-read one, the last part-filled one, rounding);
+       0 when fd is no pipe. */
+    static long tb_pipe_room(int fd) {
+        int capacity = fcntl(fd, F_GETPIPE_SZ), unread = 0;
+        if (capacity <= 0 || ioctl(fd, FIONREAD, &unread) != 0) {
+            return 0;
+        }
+        return capacity - (long)unread - 3 * tb_page_bytes;
+    }
     /* Signal safe (fstat, fcntl): how write_all writes to fd without waiting for its reader. */
     static int tb_write_mode(int fd) {
         struct stat status;
@@ -425,8 +445,13 @@ cdef extern from *:
     }
     """
     enum: TB_WRITE_WHOLE, TB_WRITE_SOCKET, TB_WRITE_CHUNKS, PIPE_BUF
+    void tb_write_init()
+    long tb_pipe_room(int fd) nogil
     int tb_write_mode(int fd) nogil
     Py_ssize_t tb_send_now(int fd, const char *data, size_t n) nogil
+
+
+tb_write_init()
 
 
 cdef bint wait_writable(int fd, long long deadline_ms) noexcept nogil:
@@ -451,15 +476,17 @@ cdef int write_all(int fd, const char *data, Py_ssize_t n, int timeout_ms) noexc
     (EAGAIN: its reader did not take it all in time and loses the rest), so no reader
     can hold a dumper.  A file, or a non-blocking fd, takes it in one write() when it
     can; a socket is sent to without waiting (MSG_DONTWAIT).  A blocking pipe or
-    terminal, whose write() would wait for its reader for good, gets PIPE_BUF bytes at
-    a time, each once poll() says they fit.  Waits only in poll()."""
+    terminal, whose write() would wait for its reader for good, gets it in one write()
+    when the pipe surely has room for it all (so that dumps of processes sharing a
+    pipe never interleave), else PIPE_BUF bytes at a time, each once poll() says
+    they fit.  Waits only in poll()."""
     cdef Py_ssize_t done
     cdef long long deadline = monotonic_ms() + timeout_ms
     cdef int mode = tb_write_mode(fd)
     while n > 0:
         if mode == TB_WRITE_SOCKET:
             done = tb_send_now(fd, data, n)
-        elif mode == TB_WRITE_CHUNKS:
+        elif mode == TB_WRITE_CHUNKS and n > tb_pipe_room(fd):
             if not wait_writable(fd, deadline):
                 return EAGAIN
             done = write(fd, data, min(n, PIPE_BUF))

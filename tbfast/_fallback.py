@@ -6,13 +6,17 @@ this module is also the readable reference of the formats the core writes.
 """
 
 import errno
+import fcntl
 import json
 import linecache
+import mmap
 import os
 import select
 import signal
 import stat
+import struct
 import sys
+import termios
 import threading
 import time
 
@@ -254,9 +258,10 @@ def format_dump(all_threads, fmt, skip, trigger="api", exclude_self=False, safe=
 def write_all(fd, data, timeout):
     """All of `data` to fd within `timeout` seconds, as the core's write_all: a file or a
     non-blocking fd takes it in one write when it can; a blocking pipe, socket or
-    terminal, whose write would wait for its reader for good, gets PIPE_BUF bytes at a
-    time, each once poll() says they fit.  BlockingIOError when the reader did not
-    take it all in time (it loses the rest), OSError when the write fails."""
+    terminal, whose write would wait for its reader for good, gets it in one write
+    when a pipe surely has room for it all, else PIPE_BUF bytes at a time, each once
+    poll() says they fit.  BlockingIOError when the reader did not take it all in
+    time (it loses the rest), OSError when the write fails."""
     view = memoryview(data)
     deadline = time.monotonic() + timeout
     whole = stat.S_ISREG(os.fstat(fd).st_mode) or not os.get_blocking(fd)
@@ -269,12 +274,24 @@ def write_all(fd, data, timeout):
                                   % (fd, timeout))
 
     while view:
-        if not whole:
+        at_once = whole or len(view) <= _pipe_room(fd)
+        if not at_once:
             wait_writable()
         try:
-            view = view[os.write(fd, view if whole else view[:select.PIPE_BUF]):]
+            view = view[os.write(fd, view if at_once else view[:select.PIPE_BUF]):]
         except BlockingIOError:
             wait_writable()
+
+
+def _pipe_room(fd):
+    """As the core's tb_pipe_room: the bytes one write() to the pipe fd surely takes
+    whole without waiting; 0 when fd is no pipe."""
+    try:
+        capacity = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        unread = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+    except OSError:
+        return 0
+    return capacity - unread - 3 * mmap.PAGESIZE
 
 
 _stalled_fds = set()  # whose last signal or watchdog dump timed out
