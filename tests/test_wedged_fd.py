@@ -2,7 +2,6 @@
 dump gives up, harakiri's abort and dump_traceback_later's exit still come, and
 the watchdog goes on serving the other deadlines."""
 
-import os
 import subprocess
 import sys
 
