@@ -56,6 +56,7 @@ SNAPSHOT_HEADER = "X-Tbfast-Snapshot"
 SNAPSHOT_HEADER_LIMIT = 8000  # bytes of JSON in one header; proxies refuse much more
 MAX_SNAPSHOT_FRAMES = 200
 SPEC_LIMIT = 300  # characters of "module:line"
+HIDDEN_MIN_LENGTH = 6  # a credential's value shorter than this is masked only by its name
 MONITORING_TOOL_IDS = (2, 3, 4, 5)  # 0 and 1 belong to debuggers and coverage tools
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
 _CO_OPTIMIZED = 0x1  # set on functions, not on module or class bodies
@@ -385,22 +386,24 @@ def _hidden_strings(environ, secret):
     """What no snapshot of this request may show: the secret as it may have come
     (raw, percent-encoded, escaped as a repr escapes it), the values of the request's
     credential headers (the HTTP_* whose names safe_repr masks), and of its cookies
-    with such names; longest first, so that no part of one is left."""
-    texts = set()
+    with such names, those of HIDDEN_MIN_LENGTH characters or more (a shorter one
+    would mask every place its characters occur); longest first, so that no part of
+    one is left."""
+    credentials = set()
+    for key, value in environ.items():
+        if key.startswith("HTTP_") and isinstance(value, str) and safe_repr.is_masked(key):
+            credentials.add(value)
+            if "AUTHORIZATION" in key:
+                credentials.add(value.partition(" ")[2])  # of "Bearer <credentials>"
+    for cookie in environ.get("HTTP_COOKIE", "").split(";"):
+        name, _, value = cookie.partition("=")
+        if safe_repr.is_masked(name.strip()):
+            credentials.add(value.strip())
+    texts = {text for text in credentials if len(text) >= HIDDEN_MIN_LENGTH}
     if secret is not None:
         plain = secret.decode("utf-8", "surrogateescape")
         texts.update((plain, repr(plain)[1:-1], repr(secret)[2:-1], urllib.parse.quote(plain),
                       urllib.parse.quote(plain, safe=""), urllib.parse.quote_plus(plain)))
-    for key, value in environ.items():
-        if not (key.startswith("HTTP_") and isinstance(value, str) and safe_repr.is_masked(key)):
-            continue
-        texts.add(value)
-        texts.add(value.partition(" ")[2])  # the credentials of "Bearer <credentials>"
-    for cookie in environ.get("HTTP_COOKIE", "").split(";"):
-        name, _, value = cookie.partition("=")
-        if safe_repr.is_masked(name.strip()):
-            texts.add(value.strip())
-    texts.discard("")
     return sorted(texts, key=len, reverse=True)
 
 
