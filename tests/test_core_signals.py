@@ -104,11 +104,13 @@ def test_chain_to_default_action_still_terminates():
 
 
 def run_capped(script, seconds=20, cap=1 << 20):
-    """(returncode, stdout, stderr) of `script` in a child without faulthandler, its
-    stdout read up to `cap` bytes: a child that dumps in a loop is killed at the cap
-    or after `seconds`, and its returncode is then None."""
+    """(returncode, stdout, stderr) of `script` in a child without faulthandler (or
+    ASan's fault handlers), its stdout read up to `cap` bytes: a child that dumps in
+    a loop is killed at the cap or after `seconds`, and its returncode is then None."""
     env = dict(os.environ)
     env.pop("PYTHONFAULTHANDLER", None)
+    # Under scripts/sanitize, ASan's own handlers would be the ones chained to.
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":handle_segv=0:handle_sigbus=0:handle_sigfpe=0"
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, env=env)
     out, deadline = b"", time.monotonic() + seconds
