@@ -3,17 +3,17 @@
 
 from posix.signal cimport (sigaction_t, sigaction, siginfo_t, sigemptyset,
                            SA_SIGINFO, SA_RESTART, SA_NODEFER, SA_ONSTACK)
-from libc.signal cimport SIG_DFL, SIG_IGN, raise_ as raise_signal
+from libc.signal cimport SIG_DFL, SIG_IGN, SIGABRT, raise_ as raise_signal
 
 cdef extern from "<signal.h>" nogil:
     enum: NSIG
 
 cdef enum:
-    SIGNAL_WRITE_MS = 5000     # a stalled reader of the signal's fd loses the rest
+    SIGNAL_WRITE_MS = 5000     # a stalled reader of a signal's or the watchdog's fd loses the rest
 
 cdef struct SignalSlot:
     bint installed
-    int fd
+    Sink sink
     bint all_threads
     bint chain
     int format
@@ -33,12 +33,38 @@ cdef void on_signal(int signum, siginfo_t *info, void *context) noexcept nogil:
     request_init(&request, signal_interp, slot.trigger, tb_thread_self(), False)
     request.all_threads = slot.all_threads
     if slot.log:
-        hand_to_python(&request, slot.format, slot.fd, request.current_ident, 0, KIND_SIGNAL)
+        hand_to_python(&request, slot.format, &slot.sink, request.current_ident, 0, KIND_SIGNAL)
     else:
-        dump_to_fd_nogil(slot.fd, &request, slot.format, SIGNAL_WRITE_MS)
-    if slot.chain:
+        dump_to_sink(&slot.sink, &request, slot.format, SIGNAL_WRITE_MS)
+    if is_fault(signum):
+        end_with_fault(signum, slot)
+    elif slot.chain:
         chain_previous(signum, info, context, slot)
     tb_set_errno(saved_errno)
+
+
+cdef bint is_fault(int signum) noexcept nogil:
+    # Signal safe: the signals that end a process which returns from their handler
+    # into the faulting instruction (or, for SIGABRT, into abort()).
+    return (signum == SIGSEGV or signum == SIGBUS or signum == SIGFPE or signum == SIGILL
+            or signum == SIGABRT)
+
+
+cdef void end_with_fault(int signum, SignalSlot *slot) noexcept nogil:
+    # Signal safe: after the one dump, ours goes for good and the handler we replaced
+    # (chain) or the default action comes back, and the signal is raised again, as
+    # faulthandler does: the process ends as it would have without us, by the
+    # signal.  A fault that was not raised (a NULL read) takes it anew on return.
+    cdef sigaction_t default_action
+    if slot.chain:
+        sigaction(signum, &slot.previous, NULL)
+    else:
+        sigemptyset(&default_action.sa_mask)
+        default_action.sa_handler = SIG_DFL
+        default_action.sa_flags = 0
+        sigaction(signum, &default_action, NULL)
+    slot.installed = False
+    raise_signal(signum)
 
 
 cdef void chain_previous(int signum, siginfo_t *info, void *context, SignalSlot *slot) noexcept nogil:
@@ -66,7 +92,8 @@ cdef int signal_install(int signum, int fd, bint all_threads, bint chain, int fo
         raise ValueError("signal name too long")
     memcpy(slot.trigger, <const char *>trigger, len(trigger))
     slot.trigger[len(trigger)] = 0
-    slot.fd = fd
+    slot.sink.fd = fd
+    slot.sink.stalled = False
     slot.all_threads = all_threads
     slot.chain = chain
     slot.format = format

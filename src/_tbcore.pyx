@@ -20,8 +20,8 @@ import functools
 import os
 
 cimport cython
-from libc.math cimport isinf
 from tbfast import _limits
+from tbfast._limits import check_seconds
 
 
 cdef check_layout():
@@ -65,16 +65,24 @@ class DumpSkipped(RuntimeError):
 
 
 cdef int dump_to_fd_nogil(int fd, DumpRequest *request, int format, int timeout_ms) noexcept nogil:
+    """Signal safe: dump_to_sink for an fd written once (a socket's client)."""
+    cdef Sink sink
+    sink.fd = fd
+    sink.stalled = False
+    return dump_to_sink(&sink, request, format, timeout_ms)
+
+
+cdef int dump_to_sink(Sink *sink, DumpRequest *request, int format, int timeout_ms) noexcept nogil:
     """Signal safe: the whole path for the GIL-free triggers: a dump, then one write.
     Returns 0 or an errno; EBUSY when every dumper is in use."""
     cdef Dumper *d = dumper_acquire()
     cdef int error
     if d == NULL:
-        write_all(fd, DUMP_SKIPPED, strlen(DUMP_SKIPPED), timeout_ms)
+        write_to_sink(sink, DUMP_SKIPPED, strlen(DUMP_SKIPPED), timeout_ms)
         return 16  # EBUSY
     dumper_start(d, format)
     dump(d, request)
-    error = write_dump(d, fd, timeout_ms)
+    error = write_dump_to_sink(d, sink, timeout_ms)
     tb_release(&d.busy)
     return error
 
@@ -140,6 +148,12 @@ def buffer_size():
     return dumpers[0].capacity
 
 
+def set_mask(words):
+    """The words whose locals GIL-free dumps mask (a dump running meanwhile may use
+    either list)."""
+    set_locals_mask(words)
+
+
 def set_main_thread(unsigned long ident):
     global main_thread_ident
     main_thread_ident = ident
@@ -199,11 +213,10 @@ def serve_stop():
     return server_stop()
 
 
-def handover_configure(double gil_wait):
+def handover_configure(gil_wait):
     """How long the server offers a client to the consistent thread; 0 never does."""
-    if not (gil_wait >= 0) or isinf(gil_wait):
-        raise ValueError("gil_wait must be a number of seconds >= 0, not %r" % (gil_wait,))
-    handover.wait_ms = <int>(gil_wait * 1000 + 0.5)
+    handover.wait_ms = <int>(check_seconds(gil_wait, "gil_wait", True, _limits.MAX_GIL_WAIT) * 1000
+                             + 0.5)
 
 
 def handover_listen():
@@ -275,10 +288,8 @@ pthread_atfork(NULL, NULL, after_fork_in_child)
 ACTIONS = {"log": ACTION_LOG, "raise": ACTION_RAISE, "abort": ACTION_ABORT}
 
 
-cdef long long seconds_to_ns(double seconds, str what) except -1:
-    if not (seconds > 0) or isinf(seconds):  # NaN fails the first test
-        raise ValueError("%s must be a positive number of seconds, not %r" % (what, seconds))
-    return <long long>(seconds * 1e9)
+cdef long long seconds_to_ns(seconds, str what, bint zero_ok=False) except -1:
+    return <long long>(<double>check_seconds(seconds, what, zero_ok) * 1e9)
 
 
 @cython.freelist(16)
@@ -295,7 +306,7 @@ cdef class HarakiriScope:
     cdef readonly double seconds
     cdef readonly str action_name
 
-    def __cinit__(self, double seconds, str action="log"):
+    def __cinit__(self, seconds, str action="log"):
         self.timeout_ns = seconds_to_ns(seconds, "timeout")
         if action not in ACTIONS:
             raise ValueError("unknown action %r: use one of log, raise, abort" % (action,))
@@ -351,14 +362,15 @@ cdef class HarakiriScope:
         return False
 
 
-def watchdog_configure(int dump_fd, str fmt, int notify_fd, double repeat, double grace):
+def watchdog_configure(int dump_fd, str fmt, int notify_fd, repeat, grace):
     """Where expiries go (fd, or -1; the Python side's pipe, or -1), how often a still
     stuck thread is logged again and the grace before raise or abort; starts the thread."""
-    watchdog.dump_fd = dump_fd
+    watchdog.dump_sink.fd = dump_fd
+    watchdog.dump_sink.stalled = False
     watchdog.dump_format = FORMATS[fmt]
     watchdog.notify_fd = notify_fd
     watchdog.repeat_ns = seconds_to_ns(repeat, "repeat")
-    watchdog.grace_ns = 0 if grace == 0 else seconds_to_ns(grace, "grace")
+    watchdog.grace_ns = seconds_to_ns(grace, "grace", True)
     watchdog_start()
 
 
@@ -380,10 +392,11 @@ def raise_in_thread(unsigned long ident, exception):
     return PyThreadState_SetAsyncExc(ident, <PyObject *>exception)
 
 
-def dump_later(double timeout, bint repeat, int fd, bint exit):
+def dump_later(timeout, bint repeat, int fd, bint exit):
     """faulthandler.dump_traceback_later, on the watchdog thread."""
     cdef long long interval = seconds_to_ns(timeout, "timeout")
-    watchdog.later_fd = fd
+    watchdog.later_sink.fd = fd
+    watchdog.later_sink.stalled = False
     watchdog.later_exit = exit
     watchdog.later_interval_ns = interval if repeat else 0
     watchdog_start()

@@ -82,7 +82,7 @@ cdef struct Watchdog:
     long long next_wake_ns     # published after each scan; arms compare against it
     pthread_t thread
     PyInterpreterState *interp
-    int dump_fd                # -1: no fd destination
+    Sink dump_sink             # fd -1: no fd destination
     int dump_format
     int notify_fd              # the Python side's pipe: expiries to log or raise; -1: none
     unsigned int mailboxes_held
@@ -91,7 +91,7 @@ cdef struct Watchdog:
     # dump_traceback_later: one process-wide timer, as in faulthandler
     long long later_deadline_ns
     long long later_interval_ns  # 0: once
-    int later_fd
+    Sink later_sink
     bint later_exit
 
 cdef Watchdog watchdog
@@ -159,11 +159,11 @@ cdef Py_ssize_t spool_name(char *out, const char *prefix, unsigned long long seq
     return n
 
 
-cdef unsigned long long spool_write(Dumper *d, DumpRequest *request, int notice_fd) noexcept nogil:
+cdef unsigned long long spool_write(Dumper *d, DumpRequest *request, Sink *notice) noexcept nogil:
     """Signal safe: the dump, in JSON, to <spool>/tmp.<pid>.<seq>, then renamed to
     <spool>/dump.<pid>.<seq>.json, so a file under that name is always whole.
     Returns seq, or 0 when not spooled (none configured, full, or a failed write:
-    then one line says so on notice_fd)."""
+    then one line says so to the notice sink, unless its fd is -1)."""
     cdef char temporary[SPOOL_NAME_BYTES]
     cdef char final[SPOOL_NAME_BYTES]
     cdef unsigned long long seq
@@ -172,8 +172,8 @@ cdef unsigned long long spool_write(Dumper *d, DumpRequest *request, int notice_
         return 0
     if tb_bump(&spool.count) > spool.max_count:
         tb_unbump(&spool.count)
-        if notice_fd >= 0:
-            write_all(notice_fd, SPOOL_FULL, strlen(SPOOL_FULL), SIGNAL_WRITE_MS)
+        if notice.fd >= 0:
+            write_to_sink(notice, SPOOL_FULL, strlen(SPOOL_FULL), SIGNAL_WRITE_MS)
         return 0
     seq = tb_bump_ull(&spool.seq)
     spool_name(temporary, b"tmp.", seq, b"")
@@ -190,33 +190,33 @@ cdef unsigned long long spool_write(Dumper *d, DumpRequest *request, int notice_
             unlinkat(spool.dir_fd, temporary, 0)
     if error:
         tb_unbump(&spool.count)
-        if notice_fd >= 0:
-            write_all(notice_fd, SPOOL_FAILED, strlen(SPOOL_FAILED), SIGNAL_WRITE_MS)
+        if notice.fd >= 0:
+            write_to_sink(notice, SPOOL_FAILED, strlen(SPOOL_FAILED), SIGNAL_WRITE_MS)
         return 0
     return seq
 
 
-cdef void hand_to_python(DumpRequest *request, int format, int fd, unsigned long ident,
+cdef void hand_to_python(DumpRequest *request, int format, Sink *sink, unsigned long ident,
                          long long stuck_ns, int kind) noexcept nogil:
     """Signal safe: the shared tail of harakiri and signal dumps: spooled first (the
-    copy that survives a kill), then in `format` to fd (-1: none), then kept for
+    copy that survives a kill), then in `format` to the sink (fd -1: none), then kept for
     the `tbfast` logger while fewer than MAILBOXES wait, and announced to it."""
     cdef Dumper *d = dumper_acquire()
     cdef int mailbox = -1
     cdef unsigned long long spooled = 0
     if d == NULL:
-        if fd >= 0:
-            write_all(fd, DUMP_SKIPPED, strlen(DUMP_SKIPPED), SIGNAL_WRITE_MS)
+        if sink.fd >= 0:
+            write_to_sink(sink, DUMP_SKIPPED, strlen(DUMP_SKIPPED), SIGNAL_WRITE_MS)
         if watchdog.notify_fd >= 0:
             notify_python(ident, stuck_ns, kind, -1, 0)
         return
-    spooled = spool_write(d, request, fd)
-    if fd >= 0 or watchdog.notify_fd >= 0:
+    spooled = spool_write(d, request, sink)
+    if sink.fd >= 0 or watchdog.notify_fd >= 0:
         if not spooled or format != FORMAT_JSON:  # else the JSON walk is in d already
             dumper_start(d, format)
             dump(d, request)
-    if fd >= 0:
-        write_dump(d, fd, SIGNAL_WRITE_MS)
+    if sink.fd >= 0:
+        write_dump_to_sink(d, sink, SIGNAL_WRITE_MS)
     if watchdog.notify_fd >= 0:
         if tb_bump(&watchdog.mailboxes_held) <= MAILBOXES:
             mailbox = d - dumpers
@@ -240,7 +240,7 @@ cdef void dump_expired(ThreadSlot *slot, long long stuck_ns) noexcept nogil:
     request_init(&request, watchdog.interp, b"harakiri", 0, False)
     request.stuck_ident = slot.ident
     request.stuck_ns = stuck_ns
-    hand_to_python(&request, watchdog.dump_format, watchdog.dump_fd, slot.ident, stuck_ns,
+    hand_to_python(&request, watchdog.dump_format, &watchdog.dump_sink, slot.ident, stuck_ns,
                    ACTION_LOG)
 
 
@@ -284,7 +284,7 @@ cdef long long check_later(long long now) noexcept nogil:
     if now < deadline:
         return deadline
     request_init(&request, watchdog.interp, b"timeout", 0, False)
-    dump_to_fd_nogil(watchdog.later_fd, &request, FORMAT_TEXT, SIGNAL_WRITE_MS)
+    dump_to_sink(&watchdog.later_sink, &request, FORMAT_TEXT, SIGNAL_WRITE_MS)
     if watchdog.later_exit:
         _exit(1)
     if watchdog.later_interval_ns:

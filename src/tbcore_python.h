@@ -48,6 +48,24 @@
 #include <string.h>
 #include <time.h>
 
+/* The walk reads the interpreter's memory while other threads change and free it:
+   its readers below may read a freed thread state, or follow a stale pointer that
+   is garbage, and are guarded against the faults that follows (_guard.pxi).  The
+   sanitizers (scripts/sanitize) would report such a read before any fault: they
+   check only tbfast's own memory, and not these readers' pointers. */
+#if defined(__SANITIZE_ADDRESS__)
+#  define TB_RACY_SANITIZED 1
+#elif defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define TB_RACY_SANITIZED 1
+#  endif
+#endif
+#ifdef TB_RACY_SANITIZED
+#  define TB_RACY __attribute__((no_sanitize("address", "alignment", "null", "pointer-overflow")))
+#else
+#  define TB_RACY
+#endif
+
 typedef _PyInterpreterFrame tb_frame;
 
 /* Signal safe: the object a frame slot refers to, or NULL.  3.14+ keeps tagged
@@ -72,7 +90,7 @@ static inline PyObject *tb_stackref_object(PyObject *ref) {
    head before it fills it in (its next link included, NULL until then): wait
    until it is filled in, spinning, then sleeping (its thread may have been
    preempted), at most about 20 ms (a handler may have interrupted that thread). */
-static inline PyThreadState *tb_first_thread(PyInterpreterState *interp) {
+static inline TB_RACY PyThreadState *tb_first_thread(PyInterpreterState *interp) {
     PyThreadState *head = PyInterpreterState_ThreadHead(interp);
 #if PY_VERSION_HEX < 0x030C0000
     const struct timespec millisecond = {0, 1000000};
@@ -90,22 +108,22 @@ static inline PyThreadState *tb_first_thread(PyInterpreterState *interp) {
 }
 
 /* Signal safe: reads tstate->next. */
-static inline PyThreadState *tb_next_thread(PyThreadState *tstate) {
+static inline TB_RACY PyThreadState *tb_next_thread(PyThreadState *tstate) {
     return PyThreadState_Next(tstate);
 }
 
 /* Signal safe: the ident that threading.get_ident() returns for this thread. */
-static inline unsigned long tb_thread_ident(PyThreadState *tstate) {
+static inline TB_RACY unsigned long tb_thread_ident(PyThreadState *tstate) {
     return tstate->thread_id;
 }
 
 /* Signal safe: the kernel's thread id (what threading.get_native_id() returns). */
-static inline unsigned long tb_thread_native_id(PyThreadState *tstate) {
+static inline TB_RACY unsigned long tb_thread_native_id(PyThreadState *tstate) {
     return tstate->native_thread_id;
 }
 
 /* Signal safe: the innermost frame of a thread, complete or not, or NULL. */
-static inline tb_frame *tb_top_frame(PyThreadState *tstate) {
+static inline TB_RACY tb_frame *tb_top_frame(PyThreadState *tstate) {
 #if PY_VERSION_HEX >= 0x030D0000
     return tstate->current_frame;
 #else
@@ -115,17 +133,19 @@ static inline tb_frame *tb_top_frame(PyThreadState *tstate) {
 }
 
 /* Signal safe: the caller's frame, or NULL. */
-static inline tb_frame *tb_previous_frame(tb_frame *frame) {
+static inline TB_RACY tb_frame *tb_previous_frame(tb_frame *frame) {
     return frame->previous;
 }
 
 /* Signal safe: starts loading the memory below a frame, where its callers' frames
    usually are (a thread's frames are pushed upwards on its data stack), so a walk
-   down the chain does not wait on one cache miss per frame.  A prefetch never faults. */
-static inline void tb_prefetch_callers(tb_frame *frame) {
-    const char *below = (const char *)frame;
+   down the chain does not wait on one cache miss per frame.  A prefetch never faults;
+   the address is computed as an integer, since a stale frame pointer may be garbage
+   near 0, where pointer arithmetic would overflow (undefined behaviour). */
+static inline TB_RACY void tb_prefetch_callers(tb_frame *frame) {
+    uintptr_t below = (uintptr_t)frame;
     for (int line = 1; line <= 8; line++) {
-        __builtin_prefetch(below - 64 * line);
+        __builtin_prefetch((const void *)(below - 64 * line));
     }
 }
 
@@ -133,7 +153,7 @@ static inline void tb_prefetch_callers(tb_frame *frame) {
    The first step of loading a thread's top frame ahead of its walk, so the misses of
    many threads overlap: starts loading what tb_top_frame reads after the thread
    state (3.11, 3.12: the cframe on the thread's C stack; 3.13: the frame itself). */
-static inline void tb_prefetch_thread(PyThreadState *tstate) {
+static inline TB_RACY void tb_prefetch_thread(PyThreadState *tstate) {
 #if PY_VERSION_HEX >= 0x030D0000
     __builtin_prefetch(tstate->current_frame);
 #else
@@ -143,7 +163,7 @@ static inline void tb_prefetch_thread(PyThreadState *tstate) {
 
 /* Signal safe, but reads the thread state and cframe: call it under the fault guard.
    The second step: starts loading the top frame and its callers. */
-static inline void tb_prefetch_top_frame(PyThreadState *tstate) {
+static inline TB_RACY void tb_prefetch_top_frame(PyThreadState *tstate) {
     tb_frame *frame = tb_top_frame(tstate);
     if (frame != NULL) {
         __builtin_prefetch(frame);
@@ -152,22 +172,33 @@ static inline void tb_prefetch_top_frame(PyThreadState *tstate) {
     }
 }
 
+/* Signal safe: Py_TYPE, as a racy reader: CPython's inline Py_TYPE is compiled with
+   the sanitizers' checks, which a garbage pointer would trip before the guard. */
+static inline TB_RACY PyTypeObject *tb_type_of(PyObject *object) {
+    return object->ob_type;
+}
+
+/* Signal safe: Py_SIZE of a tuple or bytes, as a racy reader (see tb_type_of). */
+static inline TB_RACY Py_ssize_t tb_size_of(PyObject *object) {
+    return ((PyVarObject *)object)->ob_size;
+}
+
 /* Signal safe: the frame's code object, or NULL when the frame runs none
    (3.13+ frames may hold None in f_executable; 3.15's base frame holds none). */
-static inline PyCodeObject *tb_frame_code(tb_frame *frame) {
+static inline TB_RACY PyCodeObject *tb_frame_code(tb_frame *frame) {
 #if PY_VERSION_HEX >= 0x030D0000
     PyObject *executable = tb_stackref_object(frame->f_executable);
 #else
     PyObject *executable = (PyObject *)frame->f_code;
 #endif
-    if (executable == NULL || Py_TYPE(executable) != &PyCode_Type) {
+    if (executable == NULL || tb_type_of(executable) != &PyCode_Type) {
         return NULL;
     }
     return (PyCodeObject *)executable;
 }
 
 /* Signal safe: the offset in bytes of the instruction the frame is at. */
-static inline int tb_frame_lasti_bytes(tb_frame *frame, PyCodeObject *code) {
+static inline TB_RACY int tb_frame_lasti_bytes(tb_frame *frame, PyCodeObject *code) {
 #if PY_VERSION_HEX >= 0x030D0000
     _Py_CODEUNIT *instr = frame->instr_ptr;
 #else
@@ -180,7 +211,7 @@ static inline int tb_frame_lasti_bytes(tb_frame *frame, PyCodeObject *code) {
    shims of 3.12 and 3.13, the interpreter's entry, trampoline and base frames of
    3.14+, and frames whose function has not started yet (the same test as
    _PyFrame_IsIncomplete, which sys._current_frames() applies). */
-static inline int tb_frame_is_hidden(tb_frame *frame, PyCodeObject *code) {
+static inline TB_RACY int tb_frame_is_hidden(tb_frame *frame, PyCodeObject *code) {
 #if PY_VERSION_HEX >= 0x030E0000
     if (frame->owner >= FRAME_OWNED_BY_INTERPRETER) {
         return 1;
@@ -202,12 +233,12 @@ static inline int tb_frame_is_hidden(tb_frame *frame, PyCodeObject *code) {
 
 /* Signal safe: the line a frame is at (PyCode_Addr2Line only decodes the
    line table), or -1 when unknown. */
-static inline int tb_frame_line(tb_frame *frame, PyCodeObject *code) {
+static inline TB_RACY int tb_frame_line(tb_frame *frame, PyCodeObject *code) {
     return PyCode_Addr2Line(code, tb_frame_lasti_bytes(frame, code));
 }
 
 /* Signal safe: the thread state that holds the GIL now, or NULL if it is free. */
-static inline PyThreadState *tb_gil_holder(PyInterpreterState *interp) {
+static inline TB_RACY PyThreadState *tb_gil_holder(PyInterpreterState *interp) {
 #if PY_VERSION_HEX >= 0x030C0000
     struct _gil_runtime_state *gil = interp->ceval.gil;
 #else
@@ -234,32 +265,32 @@ static inline PyThreadState *tb_gil_holder(PyInterpreterState *interp) {
 #endif
 
 /* Signal safe: how many local variables (arguments, locals, cells, free) a code has. */
-static inline int tb_code_local_count(PyCodeObject *code) {
+static inline TB_RACY int tb_code_local_count(PyCodeObject *code) {
     return code->co_nlocalsplus;
 }
 
 /* Signal safe: the name of local variable i (a str), or NULL. */
-static inline PyObject *tb_code_local_name(PyCodeObject *code, int i) {
+static inline TB_RACY PyObject *tb_code_local_name(PyCodeObject *code, int i) {
     PyObject *names = code->co_localsplusnames;
-    if (names == NULL || Py_TYPE(names) != &PyTuple_Type || i >= PyTuple_GET_SIZE(names)) {
+    if (names == NULL || tb_type_of(names) != &PyTuple_Type || i >= tb_size_of(names)) {
         return NULL;
     }
-    return PyTuple_GET_ITEM(names, i);
+    return ((PyTupleObject *)names)->ob_item[i];
 }
 
 /* Signal safe: the value of local variable i, a cell's content for cells and free
    variables; NULL when unbound, or hidden (a comprehension's, as f_locals hides it). */
-static inline PyObject *tb_frame_local(tb_frame *frame, PyCodeObject *code, int i) {
+static inline TB_RACY PyObject *tb_frame_local(tb_frame *frame, PyCodeObject *code, int i) {
     PyObject *kinds = code->co_localspluskinds;
-    if (kinds == NULL || Py_TYPE(kinds) != &PyBytes_Type || i >= PyBytes_GET_SIZE(kinds)) {
+    if (kinds == NULL || tb_type_of(kinds) != &PyBytes_Type || i >= tb_size_of(kinds)) {
         return NULL;
     }
-    int kind = (unsigned char)PyBytes_AS_STRING(kinds)[i];
+    int kind = (unsigned char)((PyBytesObject *)kinds)->ob_sval[i];
     PyObject *value = tb_stackref_object(frame->localsplus[i]);
     if (kind & CO_FAST_HIDDEN) {
         return NULL;
     }
-    if (value != NULL && (kind & (CO_FAST_CELL | CO_FAST_FREE)) && Py_TYPE(value) == &PyCell_Type) {
+    if (value != NULL && (kind & (CO_FAST_CELL | CO_FAST_FREE)) && tb_type_of(value) == &PyCell_Type) {
         value = ((PyCellObject *)value)->ob_ref;
     }
     return value;
@@ -267,14 +298,14 @@ static inline PyObject *tb_frame_local(tb_frame *frame, PyCodeObject *code, int 
 
 /* Signal safe: an exact int that fits in one internal digit (|v| < 2**30) into *value;
    0 for any other int, whose digits would need arithmetic to print. */
-static inline int tb_small_int(PyObject *number, long long *value) {
+static inline TB_RACY int tb_small_int(PyObject *number, long long *value) {
 #if PY_VERSION_HEX >= 0x030C0000
     if (!PyUnstable_Long_IsCompact((PyLongObject *)number)) {
         return 0;
     }
     *value = (long long)PyUnstable_Long_CompactValue((PyLongObject *)number);
 #else
-    Py_ssize_t size = Py_SIZE(number);
+    Py_ssize_t size = tb_size_of(number);
     if (size < -1 || size > 1) {
         return 0;
     }
@@ -288,8 +319,8 @@ enum tb_value_kind { TB_VALUE_OTHER, TB_VALUE_NONE, TB_VALUE_BOOL, TB_VALUE_INT,
                      TB_VALUE_STR, TB_VALUE_BYTES };
 
 /* Signal safe: exact types only: a subclass could print itself differently. */
-static inline int tb_value_kind(PyObject *value) {
-    PyTypeObject *type = Py_TYPE(value);
+static inline TB_RACY int tb_value_kind(PyObject *value) {
+    PyTypeObject *type = tb_type_of(value);
     if (value == Py_None) return TB_VALUE_NONE;
     if (type == &PyBool_Type) return TB_VALUE_BOOL;
     if (type == &PyLong_Type) return TB_VALUE_INT;
@@ -300,8 +331,8 @@ static inline int tb_value_kind(PyObject *value) {
 }
 
 /* Signal safe: the type's name, as repr's <... object> shows it. */
-static inline const char *tb_type_name(PyObject *object) {
-    return Py_TYPE(object)->tp_name;
+static inline TB_RACY const char *tb_type_name(PyObject *object) {
+    return tb_type_of(object)->tp_name;
 }
 
 /* ---- the layout check: these headers against the running interpreter ---- */

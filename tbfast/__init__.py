@@ -59,6 +59,9 @@ def _fileno(file):
             fd = fileno()
         except (OSError, ValueError) as error:
             raise ValueError("file has no usable fd: %s" % error) from None
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError("%s.fileno() must return an int fd, not %s"
+                            % (type(file).__name__, type(fd).__name__))
         flush = getattr(file, "flush", None)
         if flush is not None:
             flush()
@@ -111,6 +114,11 @@ def register(signum, file=None, all_threads=True, chain=False, *, format="text",
     With log=True the dump also goes to the `tbfast` logger once Python runs, to
     the spool (tbfast.spool) and to Sentry (tbfast.sentry), as harakiri dumps do;
     file=False then leaves out the fd.
+
+    A fault signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT) is dumped once: then
+    the handler that was there before (chain=True) or the default action comes back
+    and the signal is raised again, so the process ends by it, as with faulthandler.
+    The fallback refuses them (ValueError): its handler could never run on a fault.
     """
     _check_format(format)
     signum = _valid_signal(signum)
@@ -151,10 +159,13 @@ def set_context(text):
     """Set this thread's context line (a request's method and URL, say); None clears it.
 
     The core stores it where a GIL-free dump can read it; it is cut at
-    CONTEXT_LIMIT bytes with '...'.
+    CONTEXT_LIMIT bytes with '...'.  A NUL in it is refused (ValueError).
     """
     if text is not None and not isinstance(text, str):
         raise TypeError("context must be a str or None, not %s" % type(text).__name__)
+    if text is not None and "\0" in text:
+        raise ValueError("context must not contain a NUL character, as at index %d"
+                         % text.index("\0"))
     if HAS_CORE:  # a dump with locals comes from the Python formatter: it needs them too
         _fallback.set_context(text)
     if not _impl.set_context(text) and HAS_CORE:
@@ -167,20 +178,28 @@ def get_context():
     return _impl.get_context()
 
 
-def configure(*, buffer_size=None, gil_wait=None):
+def configure(*, buffer_size=None, gil_wait=None, mask=None):
     """Resize the preallocated dump buffers (bytes); a dump larger than this is
     cut with a marker saying how much was left out.  Also TBFAST_BUFFER_SIZE.
 
-    `gil_wait` (seconds, default 0.025; 0 turns it off): how long a socket dump
-    tries to take the GIL for a consistent walk before it falls back to the
-    GIL-free one.  Needs the core; the pure-Python server always holds the GIL."""
+    `gil_wait` (seconds, default 0.025, at most 10; 0 turns it off): how long a
+    socket dump tries to take the GIL for a consistent walk before it falls back
+    to the GIL-free one.  Needs the core; the pure-Python server always holds the GIL.
+
+    `mask`: the words (substrings, any case) of the local names and dict keys
+    whose values every dump, snapshot and Sentry event shows as '********'; it
+    replaces the list, tbfast.saferepr.DEFAULT_MASK, so pass DEFAULT_MASK + (...)
+    to add words.  TBFAST_MASK (words, comma-separated) adds to the default."""
     if gil_wait is not None:
-        if isinstance(gil_wait, bool) or not isinstance(gil_wait, (int, float)):
-            raise TypeError("gil_wait must be a number of seconds")
+        gil_wait = _limits.check_seconds(gil_wait, "gil_wait", zero_ok=True,
+                                         most=_limits.MAX_GIL_WAIT)
         if hasattr(_impl, "handover_configure"):
             _impl.handover_configure(gil_wait)
-        elif not gil_wait >= 0:
-            raise ValueError("gil_wait must be a number of seconds >= 0, not %r" % (gil_wait,))
+    if mask is not None:
+        words = _mask_words(mask)
+        if HAS_CORE:
+            _impl.set_mask(words)
+        safe_repr.mask = words
     if buffer_size is not None:
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, int):
             raise TypeError("buffer_size must be an int")
@@ -188,6 +207,16 @@ def configure(*, buffer_size=None, gil_wait=None):
             raise ValueError("buffer_size must be at least %d bytes, not %d"
                              % (MIN_BUFFER_SIZE, buffer_size))
         _impl.configure(buffer_size)
+
+
+def _mask_words(mask):
+    if isinstance(mask, (str, bytes)):
+        raise TypeError("mask must be a sequence of words, not one %s" % type(mask).__name__)
+    words = tuple(mask)
+    for word in words:
+        if not isinstance(word, str) or not word or "\0" in word:
+            raise ValueError("each mask word must be a non-empty str without NUL, not %r" % (word,))
+    return tuple(word.lower() for word in words)
 
 
 from .sockets import disable_tracebacker, enable_tracebacker  # noqa: E402 - needs _impl
@@ -201,7 +230,9 @@ def _configure_from_environment():
         size = int(value) if value else _limits.DEFAULT_BUFFER_SIZE
     except ValueError:
         raise ValueError("TBFAST_BUFFER_SIZE must be a number of bytes, not %r" % value) from None
-    configure(buffer_size=size, gil_wait=_limits.DEFAULT_GIL_WAIT)
+    more = [word.strip() for word in os.environ.get("TBFAST_MASK", "").split(",") if word.strip()]
+    configure(buffer_size=size, gil_wait=_limits.DEFAULT_GIL_WAIT,
+              mask=_limits.DEFAULT_MASK + tuple(more))
 
 
 _configure_from_environment()

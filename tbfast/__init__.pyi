@@ -3,6 +3,7 @@
 scripts/lint checks them with mypy, and against the installed package with stubtest.
 """
 
+from collections.abc import Iterable
 from types import ModuleType
 from typing import Final, Literal
 
@@ -39,7 +40,8 @@ def register(signum: int, file: FileDescriptorLike | None | Literal[False] = Non
 def unregister(signum: int) -> bool: ...
 def set_context(text: str | None) -> None: ...
 def get_context() -> str | None: ...
-def configure(*, buffer_size: int | None = None, gil_wait: float | None = None) -> None: ...
+def configure(*, buffer_size: int | None = None, gil_wait: float | None = None,
+              mask: Iterable[str] | None = None) -> None: ...
 
 # A class: harakiri(30) is a scope, a context manager and a decorator (the core's
 # HarakiriScope, or the fallback's, which has the same face).

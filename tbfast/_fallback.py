@@ -5,11 +5,18 @@ whenever it runs its output equals the core's, line for line below the header:
 this module is also the readable reference of the formats the core writes.
 """
 
+import errno
+import fcntl
 import json
 import linecache
+import mmap
 import os
+import select
 import signal
+import stat
+import struct
 import sys
+import termios
 import threading
 import time
 
@@ -32,6 +39,8 @@ except ImportError:  # no core, so no such thread
         return 0
 
 MODE = "python"
+SIGNAL_WRITE_SECONDS = 5.0  # as the core's bounds: a signal's or the watchdog's dump
+API_WRITE_SECONDS = 60.0  # the caller's own fd
 _UWSGI_HEADER = b"*** uWSGI Python tracebacker output ***\n\n"
 _contexts = {}
 
@@ -246,14 +255,64 @@ def format_dump(all_threads, fmt, skip, trigger="api", exclude_self=False, safe=
     return header + _format_text(threads)
 
 
-def write_all(fd, data):
+def write_all(fd, data, timeout):
+    """All of `data` to fd within `timeout` seconds, as the core's write_all: a file or a
+    non-blocking fd takes it in one write when it can; a blocking pipe, socket or
+    terminal, whose write would wait for its reader for good, gets it in one write
+    when a pipe surely has room for it all, else PIPE_BUF bytes at a time, each once
+    poll() says they fit.  BlockingIOError when the reader did not take it all in
+    time (it loses the rest), OSError when the write fails."""
     view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    whole = stat.S_ISREG(os.fstat(fd).st_mode) or not os.get_blocking(fd)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+
+    def wait_writable():
+        if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+            raise BlockingIOError(errno.EAGAIN, "tbfast: fd %d took no more within %g s"
+                                  % (fd, timeout))
+
     while view:
-        view = view[os.write(fd, view):]
+        at_once = whole or len(view) <= _pipe_room(fd)
+        if not at_once:
+            wait_writable()
+        try:
+            view = view[os.write(fd, view if at_once else view[:select.PIPE_BUF]):]
+        except BlockingIOError:
+            wait_writable()
+
+
+def _pipe_room(fd):
+    """As the core's tb_pipe_room: the bytes one write() to the pipe fd surely takes
+    whole without waiting; 0 when fd is no pipe."""
+    try:
+        capacity = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        unread = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+    except OSError:
+        return 0
+    return capacity - unread - 3 * mmap.PAGESIZE
+
+
+_stalled_fds = set()  # whose last signal or watchdog dump timed out
+
+
+def write_dump(fd, dump):
+    """A signal's or the watchdog's dump, which must not stop at a broken or stalled fd;
+    as the core's sinks, once a write to fd timed out, the next ones wait for nothing
+    until one goes through whole."""
+    try:
+        write_all(fd, dump, 0.0 if fd in _stalled_fds else SIGNAL_WRITE_SECONDS)
+    except BlockingIOError:
+        _stalled_fds.add(fd)
+    except OSError:
+        pass
+    else:
+        _stalled_fds.discard(fd)
 
 
 def dump_to_fd(fd, all_threads, fmt, skip, trigger="api", safe=None):
-    write_all(fd, format_dump(all_threads, fmt, skip + 1, trigger, safe=safe))
+    write_all(fd, format_dump(all_threads, fmt, skip + 1, trigger, safe=safe), API_WRITE_SECONDS)
 
 
 def set_context(text):
@@ -268,14 +327,21 @@ def get_context():
 
 
 _registered = {}
+# A Python-level handler runs between bytecodes, after the fault: a NULL read runs
+# again for ever, and abort() ends the process before it.
+FAULT_SIGNALS = frozenset((signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
+                           signal.SIGABRT))
 
 
 def register(signum, fd, all_threads, chain, fmt, signame, log=False):
     """A Python-level handler: it runs only when the main thread runs Python."""
+    if signum in FAULT_SIGNALS:
+        raise ValueError("%s needs the C core (tbfast.MODE is %r): a Python-level handler "
+                         "never runs on a fault; use faulthandler.enable()" % (signame, MODE))
     def handler(number, frame):
         dump = format_dump(all_threads, fmt, 0, "signal:" + signame)
         if fd >= 0:
-            write_all(fd, dump)
+            write_dump(fd, dump)
         if log:
             _notify(threading.get_ident(), 0, KIND_SIGNAL, dump)
         if chain and callable(previous):

@@ -7,11 +7,12 @@ do not mark the stuck thread's heading.
 
 import functools
 import itertools
-import math
 import os
 import struct
 import threading
 import time
+
+from ._limits import check_seconds
 
 _RECORD = struct.Struct("=5Q")  # as tbfast/watchdog.py reads it
 ACTIONS = ("log", "raise", "abort")
@@ -21,10 +22,8 @@ KIND_SIGNAL = 2  # a signal dump for the logger, as the core's
 SCOPE_DEPTH = 16  # harakiri scopes one thread may nest, as in the core
 
 
-def _nanoseconds(seconds, what):
-    if not isinstance(seconds, (int, float)) or not seconds > 0 or math.isinf(seconds):
-        raise ValueError("%s must be a positive number of seconds, not %r" % (what, seconds))
-    return int(seconds * 1e9)
+def _nanoseconds(seconds, what, zero_ok=False):
+    return int(check_seconds(seconds, what, zero_ok) * 1e9)
 
 
 class _State:
@@ -130,7 +129,7 @@ def _expire(ident, entry, now):
     if not reported or (action == "log" and now >= next_report):
         dump = _fallback.format_dump(True, _state.format, 0, "harakiri")
         if _state.dump_fd >= 0:
-            _fallback.write_all(_state.dump_fd, dump)
+            _fallback.write_dump(_state.dump_fd, dump)
         _notify(ident, stuck, 0, dump)
         entry[4] = now + _state.repeat_ns
     if not reported and action != "log":
@@ -154,7 +153,7 @@ def _run():
             if _state.later is not None:
                 deadline, interval, fd, exit_after = _state.later
                 if now >= deadline:
-                    _fallback.write_all(fd, _fallback.format_dump(True, "text", 0, "timeout"))
+                    _fallback.write_dump(fd, _fallback.format_dump(True, "text", 0, "timeout"))
                     if exit_after:
                         os._exit(1)
                     _state.later = (now + interval, interval, fd, False) if interval else None
@@ -170,7 +169,7 @@ def watchdog_configure(dump_fd, fmt, notify_fd, repeat, grace):
     with _state.changed:
         _state.dump_fd, _state.format, _state.notify_fd = dump_fd, fmt, notify_fd
         _state.repeat_ns = _nanoseconds(repeat, "repeat")
-        _state.grace_ns = 0 if grace == 0 else _nanoseconds(grace, "grace")
+        _state.grace_ns = _nanoseconds(grace, "grace", True)
         if _state.thread is None:
             _state.thread = threading.Thread(target=_run, name="tbfast-watchdog", daemon=True)
             _state.thread.start()

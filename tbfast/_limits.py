@@ -4,6 +4,8 @@ The core reads the bounds at import into its preallocated state, so it and the
 pure-Python fallback cut strings at the same place.
 """
 
+import numbers
+
 FILENAME_LIMIT = 500   # bytes of UTF-8, as faulthandler's MAX_STRING_LENGTH
 FUNCTION_LIMIT = 200
 SOURCE_LIMIT = 500
@@ -20,12 +22,30 @@ def check_format(format):
         raise ValueError("unknown format %r: use one of %s" % (format, ", ".join(FORMATS)))
 
 
+MAX_SECONDS = 1e9  # 31 years: a timeout's nanoseconds, added to the clock, stay in 64 bits
+MAX_GIL_WAIT = 10.0  # a socket client waits this long at most for a consistent dump
+
+
+def check_seconds(value, what, zero_ok=False, most=MAX_SECONDS):
+    """`value` as float seconds, or a TypeError or ValueError that names `what`: a
+    real number (not a bool, nor a str), positive (or 0 with zero_ok), at most `most`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError("%s must be a number of seconds, not %s" % (what, type(value).__name__))
+    if not (value >= 0 if zero_ok else value > 0) or value > most:  # NaN fails the first test
+        raise ValueError("%s must be a %s number of seconds up to %g, not %r" % (
+            what, "non-negative" if zero_ok else "positive", most, value))
+    return float(value)
+
+
 # The default buffer holds 100 threads x 100 frames of about 200 bytes each.
 DEFAULT_BUFFER_SIZE = 2 * 1024 * 1024
 
-# Substrings, matched case-insensitively, of variable names whose values dumps hide.
-DEFAULT_MASK = ("password", "passwd", "secret", "token", "authorization", "cookie",
-                "api_key", "apikey", "credential", "private_key", "session")
+# Substrings, matched case-insensitively, of the variable names and dict keys whose
+# values dumps hide (tbfast.configure(mask=...) and TBFAST_MASK change the list).
+# Wide on purpose: "auth" hides an `author` too, which costs less than a leak.
+DEFAULT_MASK = ("password", "passwd", "pwd", "passphrase", "secret", "token", "auth", "bearer",
+                "jwt", "cookie", "session", "csrf", "api_key", "apikey", "access_key",
+                "credential", "creds", "private_key", "privkey", "dsn", "database_url")
 
 # How long a socket dump tries to take the GIL before it falls back to the GIL-free walk:
 # five of CPython's 5 ms switch intervals.  A holder running Python code lets the GIL go

@@ -59,7 +59,7 @@ def _serve():
             _impl.write_bounded(fd, gil_dump(fmt, with_locals), SOCKET_WRITE_MS)
         except _impl.DumpSkipped as skipped:  # the line a GIL-free dump writes then
             _impl.write_bounded(fd, b"%s\n" % str(skipped).encode(), SOCKET_WRITE_MS)
-        except Exception as error:  # noqa: BLE001 - the client gets the reason, the thread goes on
+        except BaseException as error:  # noqa: BLE001 - the client gets the reason, the thread goes on
             _impl.write_bounded(fd, ("tbfast: dump failed: %s\n" % error).encode(), SOCKET_WRITE_MS)
         finally:
             _impl.handover_done()

@@ -8,7 +8,14 @@ the ``X-Tbfast-Livebp-Token`` header) acts when *its own thread* reaches that
 line: ``raise`` raises tbfast.Breakpoint there (Werkzeug's DebuggedApplication
 then opens on that frame); ``snapshot`` records the stack and the safe locals
 there without stopping, logs them on the ``tbfast`` logger and returns them in
-response headers.
+response headers.  The module must be imported already (``allow_import=True``
+lets a request import one).
+
+The secret goes nowhere: the app sees the request without it (its header, and
+its query parameter in QUERY_STRING, RAW_URI and REQUEST_URI, are taken out),
+and a snapshot shows neither it, nor the values of the request's credential
+headers (those whose names the mask words match: Authorization, Cookie...) and
+secret-named cookies, wherever they turn up in it: they read ``********``.
 
 Only the target code object is watched, and only while the request's code runs:
 on 3.12+ through sys.monitoring LINE events set on that one code object (a tool
@@ -35,7 +42,7 @@ import types
 import urllib.parse
 
 import tbfast
-from tbfast.saferepr import safe_repr
+from tbfast.saferepr import MASKED, safe_repr
 
 logger = logging.getLogger("tbfast")
 
@@ -49,6 +56,7 @@ SNAPSHOT_HEADER = "X-Tbfast-Snapshot"
 SNAPSHOT_HEADER_LIMIT = 8000  # bytes of JSON in one header; proxies refuse much more
 MAX_SNAPSHOT_FRAMES = 200
 SPEC_LIMIT = 300  # characters of "module:line"
+HIDDEN_MIN_LENGTH = 6  # a credential's value shorter than this is masked only by its name
 MONITORING_TOOL_IDS = (2, 3, 4, 5)  # 0 and 1 belong to debuggers and coverage tools
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
 _CO_OPTIMIZED = 0x1  # set on functions, not on module or class bodies
@@ -77,15 +85,21 @@ class Target:
         return "%s:%d" % (self.module_name, self.line)
 
 
-def resolve(spec):
-    """``"package.module:line"`` → Target, or BadRequest saying what is wrong."""
+def resolve(spec, allow_import=False):
+    """``"package.module:line"`` → Target, or BadRequest saying what is wrong; a module
+    not imported yet is imported only with `allow_import`."""
     module_name, colon, line_text = spec.strip().rpartition(":")
     is_number = line_text.isascii() and line_text.isdigit()  # not "²", which int() refuses
     if not colon or not _MODULE_NAME.match(module_name) or not is_number:
         raise BadRequest("livebp must be module:line, such as myapp.views:42, not %r"
                          % spec[:SPEC_LIMIT])
     line = int(line_text)
-    module = _import(module_name)
+    module = sys.modules.get(module_name)
+    if module is None:
+        if not allow_import:
+            raise BadRequest("module %s is not imported: livebp resolves only the modules the "
+                             "app has imported (allow_import=True imports others)" % module_name)
+        module = _import(module_name)
     filename = getattr(module, "__file__", None)
     lines = linecache.getlines(filename, module.__dict__) if filename else []
     if not lines:
@@ -133,9 +147,6 @@ def _compiled(source, filename):
 
 def _import(module_name):
     """The module, only if it is importable by name: never a path."""
-    module = sys.modules.get(module_name)
-    if module is not None:
-        return module
     try:
         found = importlib.util.find_spec(module_name)
     except (ImportError, ValueError):
@@ -224,8 +235,8 @@ def _gc_codes(filename):
 class _Probe:
     """One request's breakpoint: fires once, in the requesting thread only."""
 
-    def __init__(self, target, action):
-        self.target, self.action = target, action
+    def __init__(self, target, action, hidden):
+        self.target, self.action, self.hidden = target, action, hidden
         self.ident = None
         self.snapshot = None
         self.fired = False
@@ -235,7 +246,7 @@ class _Probe:
         self.fired = True
         if self.action == "raise":
             raise tbfast.Breakpoint("livebp: %s reached" % self.target)
-        self.snapshot = take_snapshot(frame, self.target)
+        self.snapshot = take_snapshot(frame, self.target, self.hidden)
 
 
 class _MonitoringArm:
@@ -334,9 +345,10 @@ def _hide_probe_frames(traceback):
 
 # ---------------------------------------------------------------- snapshot
 
-def take_snapshot(frame, target):
+def take_snapshot(frame, target, hidden=()):
     """The stack at `frame`, innermost first, each frame with its safe locals:
-    the keys of tbfast's json dump frames, plus "locals"."""
+    the keys of tbfast's json dump frames, plus "locals"; the strings in `hidden`
+    read MASKED wherever they occur."""
     frames = []
     while frame is not None and len(frames) < MAX_SNAPSHOT_FRAMES:
         code = frame.f_code
@@ -345,6 +357,7 @@ def take_snapshot(frame, target):
                        "function": code.co_name, "source": source or None,
                        "locals": safe_repr.locals(frame.f_locals)})
         frame = frame.f_back
+    frames = _redacted(frames, hidden)
     thread = threading.current_thread()
     snapshot = {"tbfast_snapshot": 1, "id": "%d-%d" % (os.getpid(), next(_snapshot_ids)),
                 "at": str(target), "thread": {"ident": threading.get_ident(),
@@ -354,6 +367,44 @@ def take_snapshot(frame, target):
                    thread.name, _snapshot_text(frames),
                    extra={"tbfast_snapshot": snapshot})
     return snapshot
+
+
+def _redacted(value, hidden):
+    """`value` (str, or lists and dicts of them) with each string of `hidden` masked."""
+    if isinstance(value, str):
+        for text in hidden:
+            value = value.replace(text, MASKED.strip("'"))
+        return value
+    if isinstance(value, dict):
+        return {_redacted(key, hidden): _redacted(item, hidden) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item, hidden) for item in value]
+    return value
+
+
+def _hidden_strings(environ, secret):
+    """What no snapshot of this request may show: the secret as it may have come
+    (raw, percent-encoded, escaped as a repr escapes it), the values of the request's
+    credential headers (the HTTP_* whose names safe_repr masks), and of its cookies
+    with such names, those of HIDDEN_MIN_LENGTH characters or more (a shorter one
+    would mask every place its characters occur); longest first, so that no part of
+    one is left."""
+    credentials = set()
+    for key, value in environ.items():
+        if key.startswith("HTTP_") and isinstance(value, str) and safe_repr.is_masked(key):
+            credentials.add(value)
+            if "AUTHORIZATION" in key:
+                credentials.add(value.partition(" ")[2])  # of "Bearer <credentials>"
+    for cookie in environ.get("HTTP_COOKIE", "").split(";"):
+        name, _, value = cookie.partition("=")
+        if safe_repr.is_masked(name.strip()):
+            credentials.add(value.strip())
+    texts = {text for text in credentials if len(text) >= HIDDEN_MIN_LENGTH}
+    if secret is not None:
+        plain = secret.decode("utf-8", "surrogateescape")
+        texts.update((plain, repr(plain)[1:-1], repr(secret)[2:-1], urllib.parse.quote(plain),
+                      urllib.parse.quote(plain, safe=""), urllib.parse.quote_plus(plain)))
+    return sorted(texts, key=len, reverse=True)
 
 
 def _snapshot_text(frames):
@@ -393,13 +444,15 @@ def snapshot_header(snapshot):
 # ---------------------------------------------------------------- the middleware
 
 class LiveBreakpointMiddleware:
-    """``LiveBreakpointMiddleware(app, secret=None, action="raise", debug=False)``.
+    """``LiveBreakpointMiddleware(app, secret=None, action="raise", debug=False,
+    allow_import=False)``.
 
     Off unless `secret` is set (each request must carry it) or debug=True (for
-    local development only: any request may arm a breakpoint).
+    local development only: any request may arm a breakpoint).  A request may name
+    only a module already imported, unless allow_import=True.
     """
 
-    def __init__(self, app, secret=None, action="raise", debug=False):
+    def __init__(self, app, secret=None, action="raise", debug=False, allow_import=False):
         if action not in ACTIONS:
             raise ValueError("action must be one of %s, not %r" % (", ".join(ACTIONS), action))
         if secret is not None:
@@ -408,6 +461,7 @@ class LiveBreakpointMiddleware:
             if not isinstance(secret, bytes) or not secret:
                 raise TypeError("secret must be a non-empty str or bytes")
         self.app, self.secret, self.action, self.debug = app, secret, action, bool(debug)
+        self.allow_import = bool(allow_import)
         self.enabled = self.debug or secret is not None
 
     def __call__(self, environ, start_response):
@@ -417,21 +471,22 @@ class LiveBreakpointMiddleware:
         return self._livebp_request(environ, start_response)
 
     def _livebp_request(self, environ, start_response):
-        query, kept = _parse_query(environ.get("QUERY_STRING", ""))
+        query, _ = _parse_query(environ.get("QUERY_STRING", ""))
         spec = environ.get(HEADER_KEY) or query.get(QUERY_KEY)
         token = environ.get(TOKEN_HEADER_KEY) or query.get(TOKEN_QUERY_KEY)
-        if TOKEN_QUERY_KEY in query:  # keep the secret out of the app's logs and dumps
-            environ = dict(environ, QUERY_STRING=kept)
+        if token is not None:  # keep the secret out of the app's logs and dumps
+            environ = _without_token(environ)
         if spec is None or not self._allowed(token):
             if spec is not None:
                 logger.warning("livebp ignored: %s", "disabled (no secret, debug=False)"
                                if not self.enabled else "missing or wrong token")
             return self.app(environ, start_response)
         try:
-            target = resolve(spec)
+            target = resolve(spec, self.allow_import)
         except BadRequest as error:
             return _refuse(start_response, error)
-        return _LiveRequest(self.app, _Probe(target, self.action), environ, start_response).run()
+        probe = _Probe(target, self.action, _hidden_strings(environ, self.secret))
+        return _LiveRequest(self.app, probe, environ, start_response).run()
 
     def _allowed(self, token):
         if not self.enabled:
@@ -441,6 +496,25 @@ class LiveBreakpointMiddleware:
         if token is None:
             return False
         return hmac.compare_digest(token.encode("utf-8", "surrogateescape"), self.secret)
+
+
+def _without_token(environ):
+    """A copy of `environ` without the livebp token: neither its header, nor its
+    query parameter in QUERY_STRING, RAW_URI (gunicorn's) or REQUEST_URI."""
+    environ = dict(environ)
+    environ.pop(TOKEN_HEADER_KEY, None)
+    environ["QUERY_STRING"] = without_token(environ.get("QUERY_STRING", ""))
+    for key in ("RAW_URI", "REQUEST_URI"):
+        if isinstance(environ.get(key), str):
+            path, mark, raw_query = environ[key].partition("?")
+            kept = without_token(raw_query)
+            environ[key] = path + (mark + kept if kept else "")
+    return environ
+
+
+def without_token(raw_query):
+    """The query string without its livebp_token parameter, if it has one."""
+    return _parse_query(raw_query)[1] if QUERY_KEY in raw_query else raw_query
 
 
 def _parse_query(raw_query):

@@ -1,19 +1,27 @@
 """Bounded, masked reprs of arbitrary values, for dumps that show locals.
 
 A dump must not break or stall because of a value in it.  Every repr here is
-bounded in size (reprlib's limits, then a cut marked with "..."), catches
-whatever the value's ``__repr__`` raises and shows it, and gives a ``__repr__``
-written in Python at most ``time_limit`` seconds (and all of them together at
-most what ``budget()`` allows): it runs on a reusable helper thread, and one
-that overruns is abandoned and shown as timed out.  Builtin values are repr'd
-inline, so a dump of ordinary locals needs no helper.
+bounded in size (reprlib's limits, then a cut marked with "..."), and no code of
+a value's runs in the dumping thread.  Plain builtins, whose repr runs no Python
+code (str, int, None, functions, classes...), are repr'd inline, and so are the
+lists, tuples, dicts, sets and deques that hold values, each item in turn.  Any
+other value, C reprs included (a SimpleNamespace, an OrderedDict or an exception
+repr the values in them), is repr'd on a reusable helper thread, given at most
+``time_limit`` seconds (and all of them in one dump at most what ``budget()``
+allows), and shown as timed out when it overruns: it may wait for a lock the
+dumped thread holds.  Whatever such a repr raises, KeyboardInterrupt and
+SystemExit included, is shown, never propagated.
 
-Names that look secret (see ``DEFAULT_MASK``) are masked whatever their value.
-Needs the GIL; the GIL-free core shows only values it can read without running
-code.
+Names that look secret (see ``DEFAULT_MASK``), and the values of dict keys that
+do, are masked whatever their value.  Needs the GIL; the GIL-free core shows
+only values it can read without running code.
 """
 
+import array
+import builtins
+import collections
 import contextlib
+import operator
 import os
 import reprlib
 import threading
@@ -25,8 +33,30 @@ from ._limits import DEFAULT_MASK, MAX_LOCALS
 MASKED = "'********'"
 _CO_OPTIMIZED = 0x0001  # inspect.CO_OPTIMIZED (a function's frame), without importing inspect
 DEFAULT_MAX_LENGTH = 200
-DEFAULT_TIME_LIMIT = 0.05  # seconds for one __repr__ written in Python
+DEFAULT_TIME_LIMIT = 0.05  # seconds for one repr on the helper thread
 DUMP_TIME_BUDGET = 1.0  # seconds for all of them in one dump (see SafeRepr.budget)
+# Exact types whose repr runs no Python code: it comes from their own fields (a
+# function's or class's name), never from another object's repr.
+_PLAIN = frozenset((type(None), bool, int, float, complex, str, bytes, bytearray, range,
+                    type(...), type(NotImplemented), types.FunctionType,
+                    types.BuiltinFunctionType, types.CodeType, type))
+# reprlib picks repr_<type name>; only these exact types are what those names mean.
+_REPRLIB_TYPES = frozenset((tuple, list, dict, set, frozenset, collections.deque, array.array,
+                            str, int))
+_qualname = type.__dict__["__qualname__"].__get__  # a class's own, whatever its metaclass says
+
+
+def _sorted_if_plain(items, key=None):
+    """Sorted, as reprlib shows sets and dicts, when comparing the keys runs no Python
+    code (each is of a plain type); else in their order."""
+    items = list(items)
+    keys = items if key is None else [key(item) for item in items]
+    if not all(type(each) in _PLAIN for each in keys):
+        return items
+    try:
+        return sorted(items, key=key)
+    except TypeError:  # mixed or unordered kinds (str and int, complex numbers)
+        return items
 
 
 class SafeRepr(reprlib.Repr):
@@ -51,7 +81,7 @@ class SafeRepr(reprlib.Repr):
 
     @contextlib.contextmanager
     def budget(self, seconds):
-        """Within it, all the Python-level reprs of this thread share ``seconds``:
+        """Within it, all the helper-thread reprs of this thread share ``seconds``:
         a dump of many slow values is bounded as a whole, not value by value."""
         outer = getattr(self._deadline, "at", None)
         at = time.monotonic() + seconds
@@ -72,7 +102,7 @@ class SafeRepr(reprlib.Repr):
     def repr(self, value):
         try:
             text = super().repr(value)
-        except Exception as error:  # a container's own machinery failed
+        except Exception as error:  # noqa: BLE001 - a container's own machinery failed
             text = _raised(value, error)
         return text if len(text) <= self.max_length else text[:self.max_length - 3] + "..."
 
@@ -83,24 +113,60 @@ class SafeRepr(reprlib.Repr):
         """``{name: repr}`` for a frame's ``f_locals``, in their order."""
         return {name: self.local(name, value) for name, value in mapping.items()}
 
-    def repr_instance(self, value, level):
-        # reprlib ends here for every type it has no repr_<type> for.
-        method = getattr(type(value), "__repr__", None)
-        if isinstance(method, types.FunctionType):
-            return _timed_repr(value, self._time_left())
-        try:
-            return repr(value)
-        except Exception as error:
-            return _raised(value, error)
+    def repr1(self, value, level):
+        kind = type(value)
+        if kind in _REPRLIB_TYPES:
+            return super().repr1(value, level)
+        if kind in _PLAIN:
+            return builtins.repr(value)
+        return _timed_repr(value, self._time_left())  # even a C repr may call Python's
+
+    def repr_set(self, value, level):
+        return self._repr_elements(value, level, "{", "}", self.maxset)
+
+    def repr_frozenset(self, value, level):
+        return self._repr_elements(value, level, "frozenset({", "})", self.maxfrozenset)
+
+    def _repr_elements(self, value, level, left, right, most):
+        # As reprlib's, sorted only when that runs no Python code.
+        if not value:
+            return builtins.repr(value)
+        if level <= 0:
+            return left + self.fillvalue + right
+        pieces = [self.repr1(item, level - 1) for item in _sorted_if_plain(value)[:most]]
+        if len(value) > most:
+            pieces.append(self.fillvalue)
+        return left + ", ".join(pieces) + right
+
+    def repr_dict(self, value, level):
+        # As reprlib's, sorted only when that runs no Python code, and the value of a
+        # key that looks secret masked.
+        if not value:
+            return "{}"
+        if level <= 0:
+            return "{%s}" % self.fillvalue
+        pieces = []
+        for key, item in _sorted_if_plain(value.items(), operator.itemgetter(0))[:self.maxdict]:
+            shown = (MASKED if type(key) is str and self.is_masked(key)
+                     else self.repr1(item, level - 1))
+            pieces.append("%s: %s" % (self.repr1(key, level - 1), shown))
+        if len(value) > self.maxdict:
+            pieces.append(self.fillvalue)
+        return "{%s}" % ", ".join(pieces)
 
 
 def _raised(value, error):
+    try:
+        message = str(error)[:80]
+    except BaseException:  # noqa: BLE001 - an exception whose str fails
+        message = "?"
     return "<%s object; repr raised %s: %s>" % (
-        type(value).__qualname__, type(error).__name__, str(error)[:80])
+        _qualname(type(value)), _qualname(type(error)), message)
 
 
 class _ReprWorker:
-    """A daemon thread that runs reprs handed to it, one at a time.
+    """A daemon thread that runs reprs handed to it, one at a time, and shows
+    whatever they raise (BaseException: SystemExit must not end it).
 
     A caller waits for its result at most its time limit; a worker whose repr
     overran is abandoned by that caller and goes back to the idle pool by
@@ -186,7 +252,8 @@ def _release(worker):  # with _pool_lock held
 
 
 def _timed_repr(value, time_limit):
-    name = type(value).__qualname__
+    """repr(value) on a helper thread, or why not."""
+    name = _qualname(type(value))
     if time_limit <= 0:
         return "<%s object; repr skipped: the dump's time budget is spent>" % name
     worker = _acquire()

@@ -11,6 +11,10 @@ The Python side ships it (the `tbfast` logger, and Sentry when tbfast.sentry is
 set up), then removes it; a send that fails keeps it for the next try.  Files
 left by a process that is gone are shipped by the next process that configures
 the same directory (a respawned worker), each taken by one process only.
+A file a process left half-written (``tmp.*``: it was killed while writing) is
+logged at WARNING, naming it; its readable part (the header and every whole
+thread, marked ``"truncated": {"cut_short": <bytes>}``) is shipped as the others
+are, and a file with nothing readable is kept as ``tmp.*.bad``.
 
 Bounded: each file is at most the dump buffer's size (tbfast.configure), and a
 process writes no more than ``max_count`` files while that many wait there
@@ -30,8 +34,9 @@ import tbfast
 
 DEFAULT_MAX_COUNT = 100
 _DUMP = re.compile(r"dump\.(\d+)\.(\d+)\.json$")
-_TEMPORARY = re.compile(r"tmp\.(\d+)\.\d+$")
-_CLAIMED = re.compile(r"claim\.(\d+)\.(dump\.\d+\.\d+\.json)$")
+_TEMPORARY = re.compile(r"tmp\.(\d+)\.(\d+)$")
+_CLAIMED = re.compile(r"claim\.(\d+)\.(dump\.\d+\.\d+\.json|tmp\.\d+\.\d+)$")
+_THREADS = '"threads":['  # in a JSON dump, after the header's fields
 _logger = logging.getLogger("tbfast")
 
 
@@ -48,21 +53,24 @@ class Spool:
         return os.path.join(self.directory, "dump.%d.%d.json" % (os.getpid(), seq))
 
     def count(self):
-        return sum(1 for name in os.listdir(self.directory) if _DUMP.match(name))
+        """The dump files, and the half-written ones that will be shipped as dumps."""
+        return sum(1 for name in os.listdir(self.directory)
+                   if _DUMP.match(name) or _TEMPORARY.match(name))
 
     def orphans(self):
         """The paths of the dumps whose process is gone, each claimed for this one by a
         rename (so two processes never ship the same file); claims of a process that
-        died while shipping are taken back first, and the half-written files of a
-        process that died while writing go."""
+        died while shipping are taken back first, and what can be read of the
+        half-written files of a process that died while writing is among them."""
         for name in os.listdir(self.directory):
             claimed = _CLAIMED.match(name)
             if claimed and not _alive(int(claimed.group(1))):
                 _rename(self.directory, name, claimed.group(2))
+        found = []
+        for name in os.listdir(self.directory):
             half_written = _TEMPORARY.match(name)
             if half_written and not _alive(int(half_written.group(1))):
-                os.unlink(os.path.join(self.directory, name))
-        found = []
+                found.extend(self._salvage(name, *half_written.groups()))
         for name in sorted(os.listdir(self.directory)):
             dump = _DUMP.match(name)
             if not dump:
@@ -75,12 +83,73 @@ class Spool:
                 found.append(os.path.join(self.directory, claim))
         return found
 
+    def _salvage(self, name, pid, seq):
+        """A dead process's file cut short while it wrote it, claimed: logged; its
+        readable part becomes a claimed dump file, whose path is returned (in a
+        list: none when another process took it, or when nothing could be read)."""
+        claim = os.path.join(self.directory, "claim.%d.%s" % (os.getpid(), name))
+        if not _rename(self.directory, name, os.path.basename(claim)):
+            return []
+        with open(claim, "rb") as file:
+            data = file.read()
+        path = os.path.join(self.directory, name)
+        dump = os.path.join(self.directory, "claim.%d.dump.%s.%s.json" % (os.getpid(), pid, seq))
+        try:
+            whole = isinstance(json.loads(data), dict)
+        except ValueError:
+            whole = False
+        if whole:  # its process died between the write and the rename
+            os.rename(claim, dump)
+            _logger.warning("tbfast: spool file %s is whole but was left unnamed (pid %s died "
+                            "before renaming it): shipped", path, pid)
+            return [dump]
+        document = readable_part(data)
+        if document is None:
+            os.replace(claim, path + ".bad")
+            _logger.warning("tbfast: spool file %s was cut short (pid %s died while writing "
+                            "it): nothing readable in its %d bytes; kept as %s.bad",
+                            path, pid, len(data), path)
+            return []
+        with open(dump, "wb") as file:
+            file.write(json.dumps(document, ensure_ascii=False).encode())
+        os.unlink(claim)
+        _logger.warning("tbfast: spool file %s was cut short (pid %s died while writing it) "
+                        "at %d bytes: its header and %d whole threads are shipped",
+                        path, pid, len(data), len(document["threads"]))
+        return [dump]
+
     def unclaim(self, path):
         """A claimed file whose send failed goes back under its own name."""
         directory, name = os.path.split(path)
         claimed = _CLAIMED.match(name)
         if claimed:
             _rename(directory, name, claimed.group(2))
+
+
+def readable_part(data):
+    """The document in the bytes of a JSON dump cut short: its header's fields and each
+    whole thread, "truncated" saying how many bytes there were; None when not even
+    the header is whole."""
+    text = data.decode("utf-8", "replace")
+    at = text.find(_THREADS)
+    try:
+        document = json.loads(text[:at] + _THREADS + "]}") if at > 0 else None
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        return None
+    decoder, position = json.JSONDecoder(), at + len(_THREADS)
+    while True:
+        try:
+            thread, position = decoder.raw_decode(text, position)
+        except ValueError:
+            break
+        document["threads"].append(thread)
+        if text[position:position + 1] != ",":
+            break
+        position += 1
+    document["truncated"] = {"cut_short": len(data)}
+    return document
 
 
 def read(path):

@@ -13,13 +13,13 @@ respawns it.  Nested scopes: the innermost deadline is the one armed, and the
 outer one comes back when it exits.
 """
 
-import math
 import os
 import struct
 import threading
 
 import tbfast
 from ._backend import HAS_CORE, warn_if_fallback
+from ._limits import check_seconds
 
 # ident, nanoseconds stuck, kind, mailbox + 1 (0: none), spool file number (0: none)
 _RECORD = struct.Struct("=5Q")
@@ -62,11 +62,8 @@ class _Watchdog:
 
     def configure(self, file, format, log, repeat, grace):
         tbfast._check_format(format)
-        for name, value, positive in (("repeat", repeat, True), ("grace", grace, False)):
-            if not isinstance(value, (int, float)) or math.isnan(value) or value < 0 or (
-                    positive and value == 0) or math.isinf(value):
-                raise ValueError("%s must be a %s number of seconds, not %r"
-                                 % (name, "positive" if positive else "non-negative", value))
+        check_seconds(repeat, "repeat")  # before any change: a bad value changes nothing
+        check_seconds(grace, "grace", zero_ok=True)
         fd = -1 if file is False else tbfast._fileno(file)
         if self.pid != os.getpid():
             self._forget_the_parent()
@@ -93,7 +90,7 @@ class _Watchdog:
             self.log = bool(log)
             self.format = format
             self.file = file  # keeps a file object, so its fd stays open
-            _impl().watchdog_configure(fd, format, self.reader._args[1], float(repeat), float(grace))
+            _impl().watchdog_configure(fd, format, self.reader._args[1], repeat, grace)
             self.settings = (file, format, log, repeat, grace)
             self.configured = True
 
@@ -148,9 +145,11 @@ def dump_traceback_later(timeout, repeat=False, file=None, exit=False):
     """faulthandler.dump_traceback_later, served by the same native watchdog:
     dump every thread after `timeout` seconds (again every `timeout` with repeat),
     then exit(1) with exit=True.  A new call replaces the previous timer."""
+    check_seconds(timeout, "timeout")  # before any change: a bad value changes nothing
+    fd = tbfast._fileno(file)
     _watchdog.ensure_configured()
     _watchdog.later_file = file
-    _impl().dump_later(float(timeout), bool(repeat), tbfast._fileno(file), bool(exit))
+    _impl().dump_later(timeout, bool(repeat), fd, bool(exit))
 
 
 def cancel_dump_traceback_later():

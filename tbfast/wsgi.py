@@ -13,17 +13,19 @@ Live breakpoints and snapshots: see tbfast.livebp.
 """
 
 import tbfast
-from tbfast.livebp import LiveBreakpointMiddleware  # noqa: F401 - re-exported
+from tbfast.livebp import LiveBreakpointMiddleware, without_token  # noqa: F401 - re-exported
 
 
 def request_context(environ):
-    """"METHOD /path?query", with " id=…" when the request carries X-Request-Id."""
+    """"METHOD /path?query", with " id=…" when the request carries X-Request-Id; never
+    with a livebp token, so that no dump shows it."""
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    query = environ.get("QUERY_STRING")
+    query = without_token(environ.get("QUERY_STRING", ""))
     context = "%s %s%s" % (environ.get("REQUEST_METHOD", "?"), path or "/",
                            "?" + query if query else "")
     request_id = environ.get("HTTP_X_REQUEST_ID")
-    return context + (" id=" + request_id if request_id else "")
+    context += " id=" + request_id if request_id else ""
+    return context.replace("\0", "\\x00")  # a client's %00: set_context refuses a NUL
 
 
 class HarakiriMiddleware:

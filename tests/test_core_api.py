@@ -54,6 +54,55 @@ def test_bad_input_gets_a_clear_error(tmp_path):
             call()
 
 
+class FilenoReturns:
+    def __init__(self, value):
+        self.value = value
+
+    def fileno(self):
+        return self.value
+
+
+SMALL_BAD_INPUTS = {
+    "gil_wait=1e20": (lambda: tbfast.configure(gil_wait=1e20), ValueError,
+                      r"gil_wait must be a non-negative number of seconds up to 10, not 1e\+20"),
+    "harakiri(True)": (lambda: tbfast.harakiri(True), TypeError,
+                       "timeout must be a number of seconds, not bool"),
+    "harakiri(1e300)": (lambda: tbfast.harakiri(1e300), ValueError,
+                        r"timeout must be a positive number of seconds up to 1e\+09"),
+    "dump_traceback_later('1')": (lambda: tbfast.dump_traceback_later("1"), TypeError,
+                                  "timeout must be a number of seconds, not str"),
+    "watchdog repeat=True": (lambda: tbfast.watchdog.configure(repeat=True), TypeError,
+                             "repeat must be a number of seconds, not bool"),
+    "NUL in a context": (lambda: tbfast.set_context("GET /a\0b"), ValueError,
+                         "context must not contain a NUL character, as at index 6"),
+    "fileno() gives a str": (lambda: tbfast.dump_traceback(FilenoReturns("1")), TypeError,
+                             r"FilenoReturns.fileno\(\) must return an int fd, not str"),
+    "fileno() gives a float": (lambda: tbfast.register(signal.SIGUSR2, FilenoReturns(1.0)),
+                               TypeError, r"fileno\(\) must return an int fd, not float"),
+}
+
+
+@pytest.mark.parametrize("case", SMALL_BAD_INPUTS)
+def test_a_small_bad_input_gets_a_clear_error_and_the_worker_goes_on(case, tmp_path):
+    call, error, message = SMALL_BAD_INPUTS[case]
+    try:
+        with pytest.raises(error, match=message):
+            call()
+    finally:  # what the call would have changed, had it been taken
+        tbfast.cancel_dump_traceback_later()
+        tbfast.unregister(signal.SIGUSR2)
+        tbfast.watchdog.configure(file=False, repeat=10.0)
+    assert tbfast.get_context() is None
+    tbfast.set_context("GET /next")
+    try:
+        with tbfast.harakiri(10):
+            with open(tmp_path / "dump", "wb") as sink:
+                tbfast.dump_traceback(sink, all_threads=False)
+    finally:
+        tbfast.set_context(None)
+    assert "  Context: GET /next\n" in (tmp_path / "dump").read_text()
+
+
 @needs_core
 def test_write_error_is_reported_not_swallowed():
     read_end, write_end = os.pipe()

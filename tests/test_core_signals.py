@@ -103,6 +103,80 @@ def test_chain_to_default_action_still_terminates():
     assert result.stdout.startswith(b"tbfast dump: pid=") and b"survived" not in result.stdout
 
 
+def run_capped(script, seconds=20, cap=1 << 20):
+    """(returncode, stdout, stderr) of `script` in a child without faulthandler (or
+    ASan's fault handlers), its stdout read up to `cap` bytes: a child that dumps in
+    a loop is killed at the cap or after `seconds`, and its returncode is then None."""
+    env = dict(os.environ)
+    env.pop("PYTHONFAULTHANDLER", None)
+    # Under scripts/sanitize, ASan's own handlers would be the ones chained to.
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":handle_segv=0:handle_sigbus=0:handle_sigfpe=0"
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env)
+    out, deadline = b"", time.monotonic() + seconds
+    while len(out) < cap and time.monotonic() < deadline:
+        ready, _, _ = select.select([child.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(child.stdout.fileno(), 1 << 16) if ready else b""
+        if not chunk:
+            break
+        out += chunk
+    try:
+        returncode = child.wait(max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        returncode = None
+    child.kill()
+    child.wait(10)
+    errors = child.stderr.read()
+    child.stdout.close()
+    child.stderr.close()
+    return returncode, out, errors
+
+
+FAULTS = {
+    "null read": ("SIGSEGV", "ctypes.string_at(0)"),
+    "raised SIGSEGV": ("SIGSEGV", "faulthandler._sigsegv()"),
+    "SIGBUS sent": ("SIGBUS", "os.kill(os.getpid(), signal.SIGBUS)"),
+    "SIGFPE sent": ("SIGFPE", "os.kill(os.getpid(), signal.SIGFPE)"),
+    "SIGILL sent": ("SIGILL", "os.kill(os.getpid(), signal.SIGILL)"),
+    "abort": ("SIGABRT", "os.abort()"),
+}
+
+
+@needs_core
+@pytest.mark.parametrize("chain", [False, True], ids=["alone", "chained"])
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_fault_signal_dumps_once_then_ends_the_process_by_that_signal(fault, chain):
+    name, how = FAULTS[fault]
+    script = ("import ctypes, faulthandler, os, signal, sys, tbfast\n"
+              "tbfast.register(signal.%s, sys.stdout, chain=%r)\n"
+              "%s\n"
+              "print('survived')\n" % (name, chain, how))
+    returncode, out, _ = run_capped(script)
+    assert out.count(b"tbfast dump: pid=") == 1, out[:300]
+    assert b"trigger=signal:%s" % name.encode() in out and b"survived" not in out
+    assert returncode == -getattr(signal, name)
+
+
+@needs_core
+def test_a_fault_chained_to_faulthandler_reaches_it_after_the_dump():
+    script = ("import ctypes, faulthandler, signal, sys, tbfast\n"
+              "faulthandler.enable(sys.stderr)\n"
+              "tbfast.register(signal.SIGSEGV, sys.stdout, chain=True)\n"
+              "ctypes.string_at(0)\n")
+    returncode, out, errors = run_capped(script)
+    assert out.count(b"tbfast dump: pid=") == 1
+    assert errors.count(b"Fatal Python error: Segmentation fault") == 1
+    assert returncode == -signal.SIGSEGV
+
+
+@pytest.mark.skipif(tbfast.HAS_CORE, reason="the core handles fault signals")
+@pytest.mark.parametrize("name", sorted({name for name, _ in FAULTS.values()}))
+def test_the_fallback_refuses_a_fault_signal_it_could_not_dump_on(name):
+    with pytest.raises(ValueError, match="%s.*faulthandler.enable" % name):
+        tbfast.register(getattr(signal, name))
+    assert signal.getsignal(getattr(signal, name)) in (signal.SIG_DFL, signal.default_int_handler)
+
+
 def test_unregister_puts_back_the_previous_handler(tmp_path):
     calls = []
     previous = signal.signal(signal.SIGUSR2, lambda *args: calls.append(args[0]))

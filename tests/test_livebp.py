@@ -7,6 +7,7 @@ that same line."""
 
 import functools
 import http.client
+import importlib.util
 import json
 import re
 import subprocess
@@ -78,6 +79,19 @@ def failing(n):
     if n > 0:
         raise ValueError("failing before the line, n=%d" % n)
     return n  # livebp: unreachable
+
+
+def holds_secrets(environ):
+    auth, pwd, jwt, bearer = "value-1-auth", "value-2-pwd", "value-3-jwt", "value-4-bearer"
+    dsn, database_url = "postgres://u:value-5-dsn@db/x", "value-6-database-url"
+    passphrase, privkey, creds = "value-7-passphrase", "value-8-privkey", "value-9-creds"
+    config = {"password": "value-10-in-a-dict", "Authorization": "value-11-in-a-dict",
+              "plain": "shown-in-a-dict"}
+    # Neutral names: only their values can give them away.
+    header, crumbs = environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_COOKIE")
+    uri, raw_uri, query = environ.get("REQUEST_URI"), environ.get("RAW_URI"), environ["QUERY_STRING"]
+    TRUTH["secrets"] = dict(locals())  # livebp: secrets
+    return "done"
 
 
 def running_code():
@@ -155,6 +169,10 @@ def make_flask_app():
     @app.route("/failing")
     def failing_view():
         return str(failing(1))
+
+    @app.route("/secrets")
+    def secrets_view():
+        return holds_secrets(flask.request.environ)
 
     @app.route("/state")
     def state_view():
@@ -365,7 +383,7 @@ def test_the_token_is_taken_out_of_the_query_the_app_sees():
 
 
 @pytest.mark.parametrize("target, message", [
-    ("no_such_module_xyz:3", "no importable module named no_such_module_xyz"),
+    ("no_such_module_xyz:3", "module no_such_module_xyz is not imported"),
     ("/etc/passwd:1", "livebp must be module:line"),
     ("../secrets.py:1", "livebp must be module:line"),
     (MODULE, "livebp must be module:line"),
@@ -383,6 +401,54 @@ def test_bad_module_or_line_is_a_clear_400(target, message):
     body = response.get_data(as_text=True)
     assert body.startswith("tbfast livebp: ") and message in body
     assert "compute" not in TRUTH  # the app never ran
+
+
+SECRET_VALUES = tuple("value-%d-" % number for number in range(1, 12))
+CREDENTIALS = {"Authorization": "Bearer bearer-credential-sent",
+               "Cookie": "session=session-cookie-sent; theme=dark"}
+
+
+@pytest.mark.parametrize("by", ["query", "header"])
+def test_a_snapshot_shows_no_token_credential_or_secret_value(serve, tbfast_log, by):
+    port = serve(wrap(make_flask_app(), secret=SECRET, action="snapshot"))
+    if by == "query":
+        status, headers, _ = get(port, "/secrets?x=1&" + query(spec("secrets")), CREDENTIALS)
+    else:
+        status, headers, _ = get(port, "/secrets?x=1", dict(
+            CREDENTIALS, **{"X-Tbfast-Livebp": spec("secrets"), "X-Tbfast-Livebp-Token": SECRET}))
+    assert status == 200 and headers["X-Tbfast-Livebp"].startswith("snapshot ")
+    (record,) = [record for record in tbfast_log.records if hasattr(record, "tbfast_snapshot")]
+    written = "\n".join((record.getMessage(), json.dumps(record.tbfast_snapshot),
+                         headers["X-Tbfast-Livebp"], headers["X-Tbfast-Snapshot"]))
+    seen = TRUTH["secrets"]  # what the app saw: the token taken out, the credentials not
+    texts = [value for value in list(seen.values()) + list(seen["environ"].values())
+             if isinstance(value, str)]
+    assert not any(SECRET in text for text in texts)
+    assert seen["header"] == CREDENTIALS["Authorization"]
+    assert seen["query"] == "x=1" + ("&" + urllib.parse.urlencode(
+        {"livebp": spec("secrets")}) if by == "query" else "")
+    assert seen["uri"] == seen["raw_uri"] == "/secrets?" + seen["query"]
+    for hidden in (SECRET, "bearer-credential-sent", "session-cookie-sent", *SECRET_VALUES):
+        assert hidden not in written, hidden
+    shown = record.tbfast_snapshot["frames"][0]["locals"]
+    assert "shown-in-a-dict" in shown["config"] and shown["query"] == repr(seen["query"])
+
+
+def test_only_imported_modules_are_resolved_unless_import_is_allowed():
+    assert "this" not in sys.modules and "tabnanny" not in sys.modules
+    client = Client(wrap(make_flask_app(), secret=SECRET))
+    response = client.get("/compute?" + query("this:1"))
+    assert response.status_code == 400 and "module this is not imported" in response.get_data(True)
+    assert "this" not in sys.modules
+    with open(importlib.util.find_spec("tabnanny").origin) as source:  # not imported: read
+        line = [number for number, text in enumerate(source, 1)
+                if "if os.path.isdir(file) and not os.path.islink(file):" in text][0]
+    client = Client(wrap(make_flask_app(), secret=SECRET, allow_import=True))
+    try:
+        response = client.get("/compute?" + query("tabnanny:%d" % line))
+        assert response.headers["X-Tbfast-Livebp"] == "not reached tabnanny:%d" % line
+    finally:
+        sys.modules.pop("tabnanny", None)
 
 
 @pytest.mark.parametrize("name, run", [

@@ -82,7 +82,7 @@ def test_dump_of_a_worker_killed_while_holding_the_gil_reaches_sentry_from_the_n
     script = tmp_path / "worker.py"
     worker = killed_worker(script, shipping)
     assert not [name for name in os.listdir(shipping) if name.startswith("tmp.")]
-    # A half-written file of another dead process is never sent, but removed.
+    # A half-written file of another dead process with nothing readable is kept aside.
     (shipping / "tmp.999999999.1").write_bytes(b'{"tbfast": 1, "pid": 9')
 
     receiver.listen()
@@ -100,13 +100,14 @@ def test_dump_of_a_worker_killed_while_holding_the_gil_reaches_sentry_from_the_n
     assert frames[-1]["context_line"] == "        sum(itertools.repeat(1, 10 ** 10))  # stuck: sum"
     assert event["tags"]["tbfast.pid"] == str(worker.pid)
     assert event["tags"]["tbfast.context"] == "GET /sum id=dead"
-    logged = [record for record in tbfast_log.wait_for(1) if record.tbfast_spooled]
+    logged = [record for record in tbfast_log.wait_for(1)
+              if getattr(record, "tbfast_spooled", None)]
     assert len(logged) == 1 and logged[0].tbfast_pid == worker.pid
     line = json.loads(logged[0].getMessage())
     assert line["message"].endswith("in pid %d, now gone (from the spool)" % worker.pid)
     assert line["context"] == "GET /sum id=dead" and line["thread"] == "MainThread"
-    assert receiver.wait_for(lambda _: not os.listdir(shipping), 5) is not None
-    assert os.listdir(shipping) == []
+    assert receiver.wait_for(lambda _: os.listdir(shipping) == ["tmp.999999999.1.bad"], 5)
+    assert os.listdir(shipping) == ["tmp.999999999.1.bad"]
 
 
 def test_bad_dsn_and_bad_settings_are_clear_errors(shipping, tbfast_log):
@@ -201,3 +202,76 @@ def test_dump_of_a_dead_process_waits_for_a_receiver_that_is_down(shipping, rece
     assert os.listdir(shipping) == []
     gone = messages(tbfast_log, "now gone (from the spool)")
     assert len(gone) == 1  # logged once, however many tries the send took
+
+
+# A worker with three threads, killed while it writes its spool file: it prints its
+# whole JSON dump, writes the first `cut` bytes of it (a negative cut: that many
+# bytes from the end) as its spool file, then SIGKILLs itself.
+CUT_SHORT_WORKER = textwrap.dedent('''
+    import os, signal, sys, threading, time
+    import tbfast
+    spool, cut = sys.argv[1], int(sys.argv[2])
+    parked = threading.Event()
+    for number in range(2):
+        threading.Thread(target=parked.wait, name="worker-%d" % number, daemon=True).start()
+    dump = tbfast.format_traceback(format="json").encode()
+    sys.stdout.buffer.write(dump)
+    sys.stdout.flush()
+    with open(os.path.join(spool, "tmp.%d.%d" % (os.getpid(), time.time_ns())), "wb") as file:
+        file.write(dump[:cut])
+    os.kill(os.getpid(), signal.SIGKILL)
+''')
+
+
+def cut_short_worker(tmp_path, spool, cut):
+    """The dump the worker printed (bytes), and the path of the spool file it left."""
+    script = tmp_path / "cut_short.py"
+    script.write_text(CUT_SHORT_WORKER)
+    spool.mkdir(mode=0o700, exist_ok=True)
+    worker = subprocess.run([sys.executable, str(script), str(spool), str(cut)],
+                            capture_output=True, timeout=60)
+    assert worker.returncode == -9, worker.stderr.decode()
+    (name,) = os.listdir(spool)
+    return worker.stdout, spool / name
+
+
+def test_a_spool_file_cut_short_is_logged_and_its_whole_threads_shipped(shipping, tbfast_log,
+                                                                        tmp_path):
+    printed, left = cut_short_worker(tmp_path, shipping, -60)  # inside the last thread
+    whole = json.loads(printed)
+    tbfast.spool.configure(shipping)
+    (warning,) = messages(tbfast_log, "was cut short", wait=10)
+    assert "tbfast: spool file %s was cut short" % left in warning
+    assert "its header and 2 whole threads are shipped" in warning
+    assert [record.levelname for record in tbfast_log.records
+            if "was cut short" in record.getMessage()] == ["WARNING"]
+    (shipped,) = messages(tbfast_log, "now gone (from the spool)", wait=10)
+    document = json.loads(shipped)["dump"]
+    assert document["threads"] == whole["threads"][:2]
+    assert {key: document[key] for key in ("pid", "time", "trigger")} == {
+        key: whole[key] for key in ("pid", "time", "trigger")}
+    assert document["truncated"] == {"cut_short": len(printed) - 60}
+    deadline = time.monotonic() + 10  # shipped to no sender: removed
+    while os.listdir(shipping) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.listdir(shipping) == []
+
+
+def test_a_spool_file_with_nothing_readable_is_logged_and_kept_aside(shipping, tbfast_log,
+                                                                     tmp_path):
+    _, left = cut_short_worker(tmp_path, shipping, 10)  # inside the header
+    tbfast.spool.configure(shipping)
+    (warning,) = messages(tbfast_log, "was cut short", wait=10)
+    assert "tbfast: spool file %s was cut short" % left in warning
+    assert "nothing readable in its 10 bytes; kept as %s.bad" % left in warning
+    assert os.listdir(shipping) == [left.name + ".bad"]
+
+
+def test_a_spool_file_whole_but_never_renamed_is_logged_and_shipped(shipping, tbfast_log,
+                                                                    tmp_path):
+    printed, left = cut_short_worker(tmp_path, shipping, 1 << 30)  # all of it
+    tbfast.spool.configure(shipping)
+    (warning,) = messages(tbfast_log, "was left unnamed", wait=10)
+    assert "tbfast: spool file %s is whole but was left unnamed" % left in warning
+    (shipped,) = messages(tbfast_log, "now gone (from the spool)", wait=10)
+    assert json.loads(shipped)["dump"] == json.loads(printed)

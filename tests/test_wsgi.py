@@ -15,7 +15,7 @@ serving = pytest.importorskip("werkzeug.serving")
 
 
 def app(environ, start_response):
-    if environ["PATH_INFO"] == "/slow":
+    if environ["PATH_INFO"].startswith("/slow"):
         time.sleep(0.6)
     if environ["PATH_INFO"] == "/dump":
         body = tbfast.format_traceback(format="json").encode()
@@ -70,6 +70,23 @@ def test_deadline_and_context_end_with_the_request(server):
     status, body = get(port, "/dump")
     contexts = [thread["context"] for thread in json.loads(body)["threads"]]
     assert contexts.count("GET /dump") == 1 and contexts.count("GET /fast") == 0
+
+
+def test_the_context_line_never_shows_a_livebp_token(server):
+    port, records = server
+    token = "-".join(("the", "token"))  # so that no source line the dump shows holds it
+    get(port, "/slow?x=1&livebp=tbfast.wsgi:1&livebp_token=%s&y=2" % token)
+    (record,) = records.wait_for(1)
+    message = record.getMessage()
+    assert "Context: GET /slow?x=1&livebp=tbfast.wsgi:1&y=2\n" in message
+    assert token not in message
+
+
+def test_a_nul_in_a_request_is_escaped_in_its_context_line(server):
+    port, records = server
+    get(port, "/slow%00?x=%00")
+    (record,) = records.wait_for(1)
+    assert "Context: GET /slow\\x00?x=%00\n" in record.getMessage()
 
 
 def test_bad_timeout_fails_at_setup():
