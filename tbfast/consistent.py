@@ -13,13 +13,14 @@ again in a forked child that serves its own socket).
 """
 
 import json
+import socket
 import threading
 
 from . import _fallback, _impl, rich
+from ._answers import Answers
 from .saferepr import safe_repr
 
 THREAD_NAME = "tbfast-consistent"
-SOCKET_WRITE_MS = 2000  # as the native server: a client that never reads loses the rest
 
 _start_lock = threading.Lock()
 
@@ -53,13 +54,20 @@ def gil_dump(fmt, with_locals, trigger="socket"):
 
 
 def _serve():
+    answers, posts = Answers(), _impl.handover_fd()
     while True:
-        fd, fmt, with_locals = _impl.handover_take()
+        answers.wait(posts)
+        taken = _impl.handover_take()
+        if taken is None:
+            continue  # withdrawn: the server wrote the GIL-free dump
+        fd, fmt, with_locals = taken
+        client = socket.socket(fileno=fd)
         try:
-            _impl.write_bounded(fd, gil_dump(fmt, with_locals), SOCKET_WRITE_MS)
+            data = gil_dump(fmt, with_locals)
         except _impl.DumpSkipped as skipped:  # the line a GIL-free dump writes then
-            _impl.write_bounded(fd, b"%s\n" % str(skipped).encode(), SOCKET_WRITE_MS)
+            data = b"%s\n" % str(skipped).encode()
         except Exception as error:  # noqa: BLE001 - the client gets the reason, the thread goes on
-            _impl.write_bounded(fd, ("tbfast: dump failed: %s\n" % error).encode(), SOCKET_WRITE_MS)
+            data = ("tbfast: dump failed: %s\n" % error).encode()
         finally:
             _impl.handover_done()
+        answers.send(client, data)

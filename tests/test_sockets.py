@@ -687,6 +687,85 @@ def test_client_that_never_reads_holds_the_server_two_seconds_at_most(spawn, tmp
     assert waited < 2 + 4, "served after %.1fs" % waited
 
 
+def test_clients_that_never_read_hold_up_no_one(spawn, tmp, server):
+    """Issue 15, item 7: thirty clients ask for a dump larger than the socket's buffer
+    and never read.  Each used to hold the server its 2 s write timeout in turn, so
+    a client asking after them waited a minute; now their dumps wait for them side
+    by side, and it gets its own as soon as it is made."""
+    worker = spawn({"basename": tmp + "/tb.", "threads": 20, "depth": 400}, server)
+    stalled = []
+    try:
+        for number in range(30):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            stalled.append(client)
+            client.connect(worker.path)
+            client.sendall((b"json\n", b"gil-free json\n")[number % 2])
+        data = ask(worker.path, b"json\n", timeout=20)
+    finally:
+        for client in stalled:
+            client.close()
+    dump = json.loads(data)
+    assert dump["pid"] == worker.pid
+    assert len(busy_frames(dump, "busy-19")) > 400
+
+
+def test_bytes_past_the_request_never_reset_the_answer(spawn, tmp, server):
+    """Issue 15, item 9: the server closed with unread input (bytes sent after the
+    request, more than its drain took) and the kernel reset the connection: the
+    client could not tell a whole answer from a cut one.  Now it reads the whole
+    answer, then end of file, whatever it sent."""
+    worker = spawn({"basename": tmp + "/tb.", "threads": 20, "depth": 400}, server)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(worker.path)
+        client.sendall(b"json\n")
+        # The dump is larger than the socket's buffer: being written until we read.
+        assert select.select([client], [], [], 10)[0], "the answer never began"
+        sent = 0
+        for _ in range(64):  # as much as the socket takes
+            try:
+                sent += client.send(b"x" * 65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+        assert sent > 65536, "the socket took only %d bytes" % sent
+        client.settimeout(10)
+        chunks = []
+        while True:
+            try:
+                chunk = client.recv(1 << 20)
+            except ConnectionResetError:
+                pytest.fail("reset after %d bytes of the answer" % sum(map(len, chunks)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+    assert json.loads(b"".join(chunks))["pid"] == worker.pid
+
+
+def test_a_fork_while_a_client_is_served_holds_back_no_end_of_file(spawn, tmp, server):
+    """Issue 15, item 8: a child forked while a client is served inherits the
+    connection; the client used to wait for the end of file until the child exited."""
+    worker = spawn({"basename": tmp + "/tb.", "threads": 20, "depth": 400}, server)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(worker.path)
+        client.sendall(b"json\n")
+        # The dump is larger than the socket's buffer: being written until we read.
+        assert select.select([client], [], [], 10)[0], "the answer never began"
+        worker.send("fork")
+        child = next(report for report in (worker.read(), worker.read()) if report.get("child"))
+        client.settimeout(10)
+        chunks = []
+        try:
+            while True:
+                chunk = client.recv(1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except socket.timeout:
+            pytest.fail("no end of file while the child forked during the answer lives")
+        finally:
+            os.kill(child["pid"], signal.SIGUSR1)
+    assert json.loads(b"".join(chunks))["pid"] == worker.pid
+
+
 def test_a_hundred_concurrent_clients_are_all_served(spawn, tmp, server):
     worker = spawn({"basename": tmp + "/tb."}, server)
     results, errors = [], []
