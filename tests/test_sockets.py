@@ -6,6 +6,7 @@ servers: the core's native one and the pure-Python fallback
 (TBFAST_NO_EXTENSIONS=1 in the worker's environment).
 """
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -279,6 +280,76 @@ def clean_state():
     sockets.disable_tracebacker()
 
 
+OTHER_USER = "tbfast-sockets-peer"
+
+
+@pytest.fixture(scope="session")
+def other_user():
+    """A second local user (a pwd entry), made with useradd and removed at the end:
+    the tests of what another local user can do need root."""
+    if not ROOT:
+        pytest.skip("NOT RUN: needs root to create a second user with useradd")
+    if shutil.which("useradd") is None:
+        pytest.skip("NOT RUN: no useradd to create a second user with")
+    try:
+        yield pwd.getpwnam(OTHER_USER)  # left by a run that was killed
+        return
+    except KeyError:
+        pass
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    OTHER_USER], check=True, capture_output=True, timeout=60)
+    try:
+        yield pwd.getpwnam(OTHER_USER)
+    finally:
+        subprocess.run(["userdel", OTHER_USER], capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def served_by(user, path, answer, lock=False):
+    """A socket at `path` (``@name``: abstract) bound by a forked child running as
+    `user`, which answers each client with `answer` and, with `lock`, holds the
+    flock of `path`.lock as a tbfast worker would; until the block ends."""
+    ready_read, ready_write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            if lock:
+                fcntl.flock(os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600), fcntl.LOCK_EX)
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind("\0" + path[1:] if path.startswith("@") else path)
+            server.listen(16)
+            os.write(ready_write, b"r")
+            server.settimeout(60)
+            for _ in range(100):
+                client = server.accept()[0]
+                client.settimeout(5)
+                client.sendall(answer)
+                client.shutdown(socket.SHUT_WR)
+                while client.recv(4096):  # to its end of file: a close with unread input resets
+                    pass
+                client.close()
+        finally:
+            os._exit(0)
+    os.close(ready_write)
+    try:
+        assert select.select([ready_read], [], [], 20)[0] and os.read(ready_read, 1) == b"r", (
+            "the other user's server did not start")
+        yield
+    finally:
+        os.close(ready_read)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
+def warnings_of(log):
+    """The warnings about slots and the socket directory (not the fallback's own)."""
+    return [record.getMessage() for record in log.records if record.levelname == "WARNING"
+            and ("slot skipped" in record.getMessage() or "socket directory" in record.getMessage())]
+
+
 # -- naming -----------------------------------------------------------------------
 
 def test_uwsgi_naming_basename_plus_worker_number(tmp, clean_state):
@@ -390,6 +461,58 @@ def test_a_file_that_is_not_a_socket_is_left_alone(tmp, clean_state):
         assert file.read() == "not a socket"
 
 
+def test_another_users_slot_is_skipped_with_a_warning_naming_it(tmp, clean_state, other_user,
+                                                               tbfast_log):
+    """Issue 15, item 7: another user who takes slot 1 first used to push the worker to
+    slot 2 without a word."""
+    os.chmod(tmp, 0o1777)  # as /tmp: anyone makes files, only their owner removes them
+    with served_by(other_user, tmp + "/tb.1", b"tbfast dump: pid=1 (fake)\n", lock=True):
+        assert sockets.enable_tracebacker(tmp + "/tb.") == tmp + "/tb.2"
+    warnings = warnings_of(tbfast_log)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("tbfast: tracebacker slot skipped: %s/tb.1" % tmp)
+    assert "(owner: uid %d (%s))" % (other_user.pw_uid, other_user.pw_name) in warnings[0]
+
+
+def test_another_users_abstract_name_is_skipped_with_a_warning(clean_state, other_user,
+                                                              tbfast_log):
+    base = "@tbfast-test-%d-" % os.getpid()
+    with served_by(other_user, base + "1", b"tbfast dump: pid=1 (fake)\n"):
+        assert sockets.enable_tracebacker(base) == base + "2"
+    assert warnings_of(tbfast_log) == [
+        "tbfast: tracebacker slot skipped: %s1 is served by another user (owner: uid %d (%s))"
+        % (base, other_user.pw_uid, other_user.pw_name)]
+
+
+@pytest.mark.parametrize("odd", ["directory", "symlink"])
+def test_an_odd_lock_file_is_skipped_with_a_warning(tmp, clean_state, tbfast_log, odd):
+    """Issue 15, item 7: a directory at tb.1.lock raised IsADirectoryError."""
+    if odd == "directory":
+        os.mkdir(tmp + "/tb.1.lock")
+    else:
+        os.symlink(tmp + "/elsewhere", tmp + "/tb.1.lock")
+    assert sockets.enable_tracebacker(tmp + "/tb.") == tmp + "/tb.2"
+    assert warnings_of(tbfast_log) == [
+        "tbfast: tracebacker slot skipped: %s/tb.1.lock is a %s (owner: uid %d (%s))"
+        % (tmp, odd, os.geteuid(), pwd.getpwuid(os.geteuid()).pw_name)]
+    assert os.path.lexists(tmp + "/tb.1.lock") and not os.path.exists(tmp + "/elsewhere")
+
+
+def test_a_directory_others_may_write_to_is_warned_about(tmp, clean_state, tbfast_log):
+    """Issue 15, item 4: in a directory others may write to, without the sticky bit,
+    they can swap the socket or its lock file for something of theirs."""
+    os.chmod(tmp, 0o777)
+    sockets.enable_tracebacker(tmp + "/tb.")
+    assert warnings_of(tbfast_log) == [
+        "tbfast: the tracebacker socket directory %s (mode 0o777, owner uid %d (%s)) lets "
+        "others replace the socket or its lock file: use a directory only this user may "
+        "write to, or one with the sticky bit such as /tmp"
+        % (tmp, os.geteuid(), pwd.getpwuid(os.geteuid()).pw_name)]
+    os.chmod(tmp, 0o1777)
+    sockets.enable_tracebacker(tmp + "/tb.")
+    assert len(warnings_of(tbfast_log)) == 1
+
+
 # -- files: mode, close-on-exec, removal ---------------------------------------------
 
 def test_socket_is_0600_from_the_start_and_the_umask_is_untouched(tmp, clean_state):
@@ -403,6 +526,37 @@ def test_socket_is_0600_from_the_start_and_the_umask_is_untouched(tmp, clean_sta
     assert stat.S_IMODE(os.stat(path + ".lock").st_mode) == 0o600
     path = sockets.enable_tracebacker(tmp + "/tb.", mode=0o660)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+
+
+def test_no_mode_is_ever_given_through_a_symlink(tmp, clean_state, monkeypatch):
+    """Issue 15, item 4: the umask takes bits off the mode asked for, so the socket is
+    given its mode after bind().  That chmod followed a symlink swapped in for the
+    socket meanwhile (by another user, in a directory others may write to): a
+    root-owned 0600 file became 0666."""
+    victim = tmp + "/victim"
+    with open(victim, "w") as file:
+        file.write("root's")
+    os.chmod(victim, 0o600)
+    bind = sockets._bind
+
+    def bind_then_swap(address, mode, path, strict):
+        sock = bind(address, mode, path, strict)
+        os.unlink(path)  # what the other user does right after the bind
+        os.symlink(victim, path)
+        return sock
+
+    monkeypatch.setattr(sockets, "_bind", bind_then_swap)
+    old = os.umask(0o022)
+    try:
+        with pytest.raises(FileExistsError, match="replaced right after it was bound"):
+            sockets.enable_tracebacker(tmp + "/tb.", mode=0o666)
+        assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600
+        assert os.readlink(tmp + "/tb.1") == victim  # not ours: left alone
+        monkeypatch.setattr(sockets, "_bind", bind)
+        path = sockets.enable_tracebacker(tmp + "/tb.", mode=0o666)
+    finally:
+        os.umask(old)
+    assert path == tmp + "/tb.2" and stat.S_IMODE(os.stat(path).st_mode) == 0o666
 
 
 def _socket_inode(path):
