@@ -75,6 +75,17 @@ if config.get("asyncio"):
 
     threading.Thread(target=asyncio.run, args=(parent(),), name="loop", daemon=True).start()
 
+if "request" in config:  # a thread serving a request whose path a client chose
+    def serve_request(path, started):
+        tbfast.set_context("GET " + path)
+        started.set()
+        release.wait()
+
+    started = threading.Event()
+    threading.Thread(target=serve_request, args=(config["request"], started),
+                     name="request " + config["request"], daemon=True).start()
+    started.wait(20)
+
 
 def report(**extra):
     now = sockets.current()
@@ -325,12 +336,11 @@ def served_by(user, path, answer, lock=False):
             server.settimeout(60)
             for _ in range(100):
                 client = server.accept()[0]
-                client.settimeout(5)
-                client.sendall(answer)
-                client.shutdown(socket.SHUT_WR)
-                while client.recv(4096):  # to its end of file: a close with unread input resets
-                    pass
-                client.close()
+                try:
+                    client.sendall(answer)
+                except OSError:
+                    pass  # the client left without reading
+                end_connection(client)
         finally:
             os._exit(0)
     os.close(ready_write)
@@ -342,6 +352,18 @@ def served_by(user, path, answer, lock=False):
         os.close(ready_read)
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+
+
+def end_connection(client):
+    """Ends a connection as a server should: the client reads all, then end of file."""
+    client.settimeout(5)
+    try:
+        client.shutdown(socket.SHUT_WR)
+        while client.recv(4096):  # to its end of file: a close with unread input resets
+            pass
+    except OSError:
+        pass  # the client left
+    client.close()
 
 
 def warnings_of(log):
