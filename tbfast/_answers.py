@@ -87,7 +87,7 @@ class Answers:
             return
         answer.reads = False  # what the first write put in the socket's buffer proves nothing
         if len(self._waiting) >= MAX_WAITING:
-            self._give_up(min(self._waiting, key=lambda waiting: (waiting.reads,
+            self._end(min(self._waiting, key=lambda waiting: (waiting.reads,
                                                                   waiting.idle_since)))
         self._waiting.append(answer)
 
@@ -106,9 +106,9 @@ class Answers:
                 return ready
 
     def close(self):
-        """Gives up on every waiting client: the thread stops."""
+        """Ends every waiting client's connection, its rest unwritten: the thread stops."""
         while self._waiting:
-            self._give_up(self._waiting[0])
+            self._end(self._waiting[0])
 
     def _serve(self):
         """Writes on to every waiting client and gives up on those idle for
@@ -117,21 +117,24 @@ class Answers:
         for answer in list(self._waiting):
             deadline = answer.idle_since + WRITE_TIMEOUT
             if answer.write() or deadline <= now:
-                self._give_up(answer)
+                self._end(answer)
             elif next_deadline is None or deadline < next_deadline:
                 next_deadline = deadline
         if next_deadline is None:
             return None
         return max(1, int((next_deadline - time.monotonic()) * 1000 + 0.999))
 
-    def _give_up(self, answer):
+    def _end(self, answer):
         self._waiting.remove(answer)
         finish(answer.client)
 
     def _forget(self):
         """In a child after fork: the parent writes and finishes these; close our copies."""
         for answer in self._waiting:
-            answer.client.close()  # not finish(): a shutdown would end the parent's answer
+            try:
+                answer.client.close()  # not finish(): a shutdown would end the parent's answer
+            except OSError:
+                pass  # the core's fork hook closed it: the native server was still serving it
         self._waiting = []
 
 

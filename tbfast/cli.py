@@ -218,7 +218,7 @@ def stacks(document):
                       for frame in reversed(thread.get("frames") or ()))
                 for thread in document["threads"]]
     except (AttributeError, KeyError, TypeError, ValueError):
-        raise ValueError("not a tbfast json dump") from None
+        raise ValueError("its threads or frames are missing or malformed") from None
 
 
 def summarize(dumps):

@@ -4,9 +4,10 @@ The native tracebacker thread never waits for the GIL.  For each client it
 posts the client here and waits at most ``gil_wait`` (``tbfast.configure``,
 default 50 ms).  This thread wakes, takes the GIL, so every other thread is
 paused where it is and the walk is exact, and writes the dump itself (header
-``mode=gil``).  When the GIL holder is stuck in C, the GIL never comes: the
-server withdraws the post and writes the GIL-free dump, whose header says how
-long it waited and which thread holds the GIL.
+``mode=gil``; what the client does not take at once waits beside other
+clients', tbfast._answers).  When the GIL holder is stuck in C, the GIL never
+comes: the server withdraws the post and writes the GIL-free dump, whose header
+says how long it waited and which thread holds the GIL.
 
 One thread per process, started by tbfast.sockets once a server runs (and
 again in a forked child that serves its own socket).

@@ -276,8 +276,9 @@ def _check_directory(basename):
         info = os.stat(directory)
     except OSError:
         return  # _check_path says what is wrong
-    writable_by_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX
-    if writable_by_others or info.st_uid not in (os.geteuid(), 0):
+    sticky = info.st_mode & stat.S_ISVTX
+    if (info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky
+            or info.st_uid not in (os.geteuid(), 0)):
         _logger.warning(
             "tbfast: the tracebacker socket directory %s (mode %#o, owner %s) lets others "
             "replace the socket or its lock file: use a directory only this user may write "
@@ -456,13 +457,17 @@ def _listener(address):
         probe.connect(address)
         credentials = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                        struct.calcsize("3i"))
-        probe.send(b"probe\n", socket.MSG_DONTWAIT)
     except (ConnectionRefusedError, FileNotFoundError):
+        probe.close()
         return False, None
     except OSError:
-        return True, None  # a full backlog, no permission: someone's, not to be taken
-    finally:
         probe.close()
+        return True, None  # a full backlog, no permission: someone's, not to be taken
+    try:
+        probe.send(b"probe\n", socket.MSG_DONTWAIT)
+    except OSError:
+        pass  # it closed already
+    probe.close()
     return True, struct.unpack("3i", credentials)[1]
 
 

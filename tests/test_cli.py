@@ -233,8 +233,9 @@ def fake_server(path, answer, close=True):
     done, kept = threading.Event(), []
 
     def serve():
+        deadline = time.monotonic() + 120
         for _ in range(8):
-            while not done.is_set():
+            while not done.is_set() and time.monotonic() < deadline:
                 try:
                     client = listener.accept()[0]
                     break
@@ -358,3 +359,13 @@ def test_a_dump_cut_short_by_the_timeout_is_printed_and_marked(tmp):
         tmp, len(start))
     assert out == b"==> %s/tb.1 <==\n%s\n*** tbfast: cut short after %d bytes: timed out after " \
         b"1s ***\n" % (tmp.encode(), start, len(start))
+
+
+def test_summary_refuses_a_document_that_is_no_dump(tmp):
+    """A JSON document without tbfast's threads and frames is one clear line, not a traceback."""
+    odd = json.dumps({"tbfast": 1, "threads": [{"frames": [{"file": "x.py"}]}]}).encode()
+    with fake_server(tmp + "/tb.1", lambda: [odd]):
+        status, out, err = run_bytes("connect-and-read", "--summary", tmp + "/tb.1")
+    assert (status, out) == (1, b"")
+    assert err.decode() == (
+        "tbfast: %s/tb.1: not a json dump: its threads or frames are missing or malformed\n" % tmp)

@@ -276,6 +276,27 @@ def ask(path, request=None, timeout=10, shutdown=False):
             chunks.append(chunk)
 
 
+def read_to_the_end(client, timeout=10):
+    """(what `client` reads, how the reading ended: "end of file", "reset" or
+    "timeout"), within `timeout` seconds in all."""
+    deadline, chunks = time.monotonic() + timeout, []
+    for _ in range(100000):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        client.settimeout(left)
+        try:
+            chunk = client.recv(1 << 20)
+        except ConnectionResetError:
+            return b"".join(chunks), "reset"
+        except socket.timeout:
+            break
+        if not chunk:
+            return b"".join(chunks), "end of file"
+        chunks.append(chunk)
+    return b"".join(chunks), "timeout"
+
+
 def busy_frames(dump, name="busy-0"):
     """The frames of thread `name` in a json dump, innermost first."""
     for thread in dump["threads"]:
@@ -356,13 +377,11 @@ def served_by(user, path, answer, lock=False):
 
 def end_connection(client):
     """Ends a connection as a server should: the client reads all, then end of file."""
-    client.settimeout(5)
     try:
         client.shutdown(socket.SHUT_WR)
-        while client.recv(4096):  # to its end of file: a close with unread input resets
-            pass
     except OSError:
         pass  # the client left
+    read_to_the_end(client, 5)  # a close with unread input resets
     client.close()
 
 
@@ -903,17 +922,9 @@ def test_bytes_past_the_request_never_reset_the_answer(spawn, tmp, server):
             except BlockingIOError:
                 break
         assert sent > 65536, "the socket took only %d bytes" % sent
-        client.settimeout(10)
-        chunks = []
-        while True:
-            try:
-                chunk = client.recv(1 << 20)
-            except ConnectionResetError:
-                pytest.fail("reset after %d bytes of the answer" % sum(map(len, chunks)))
-            if not chunk:
-                break
-            chunks.append(chunk)
-    assert json.loads(b"".join(chunks))["pid"] == worker.pid
+        data, end = read_to_the_end(client)
+    assert end == "end of file", "%s after %d bytes of the answer" % (end, len(data))
+    assert json.loads(data)["pid"] == worker.pid
 
 
 def test_a_fork_while_a_client_is_served_holds_back_no_end_of_file(spawn, tmp, server):
@@ -927,19 +938,12 @@ def test_a_fork_while_a_client_is_served_holds_back_no_end_of_file(spawn, tmp, s
         assert select.select([client], [], [], 10)[0], "the answer never began"
         worker.send("fork")
         child = next(report for report in (worker.read(), worker.read()) if report.get("child"))
-        client.settimeout(10)
-        chunks = []
         try:
-            while True:
-                chunk = client.recv(1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        except socket.timeout:
-            pytest.fail("no end of file while the child forked during the answer lives")
+            data, end = read_to_the_end(client)
         finally:
             os.kill(child["pid"], signal.SIGUSR1)
-    assert json.loads(b"".join(chunks))["pid"] == worker.pid
+    assert end == "end of file", "%s while the child forked during the answer lives" % end
+    assert json.loads(data)["pid"] == worker.pid
 
 
 def test_a_hundred_concurrent_clients_are_all_served(spawn, tmp, server):
