@@ -22,7 +22,8 @@ cdef enum:
     FORMAT_TEXT = 0
     FORMAT_UWSGI = 1
     FORMAT_JSON = 2
-    DUMPER_COUNT = 4             # dumps that may run at once (signal, socket, watchdog, API)
+    DUMPER_COUNT = 6             # dumps that may run at once (signal, socket and 2 waiting
+                                 # for their clients, watchdog, API)
     FRAME_CACHE_SIZE = 4096      # power of two
     ARENA_SIZE = 512 * 1024      # formatted frames reused within one dump
     SCRATCH_SIZE = 64 * 1024     # source file reads

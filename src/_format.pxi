@@ -192,13 +192,61 @@ cdef Py_ssize_t read_file_line(Dumper *d, int lineno, char *out) noexcept nogil:
 
 # ---------------------------------------------------------------- one frame
 
+cdef void emit_printable(Dumper *d, const char *data, Py_ssize_t n) noexcept nogil:
+    """Signal safe: a field of the text and uwsgi formats (UTF-8), its control characters
+    escaped as Python's repr() spells them, as _fallback.printable does: C0 and DEL
+    (\\n, \\r, \\t, \\x1b), C1 (\\x85), and the line and paragraph separators
+    (\\u2028), so that no name, context or path can end a line, fake one, or reach a
+    terminal as an escape sequence."""
+    cdef Py_ssize_t i = 0, start = 0, size, length
+    cdef unsigned char c
+    cdef char escape[6]
+    while i < n:
+        c = <unsigned char>data[i]
+        if 0x20 <= c < 0x7f or (c > 0x7f and c != 0xC2 and c != 0xE2):
+            i += 1
+            continue
+        size = 1
+        if c == b'\n' or c == b'\r' or c == b'\t':
+            escape[0] = b'\\'
+            escape[1] = b'n' if c == b'\n' else b'r' if c == b'\r' else b't'
+            length = 2
+        elif c < 0x20 or c == 0x7f:
+            length = hex_escape(escape, c)
+        elif c == 0xC2 and i + 1 < n and 0x80 <= <unsigned char>data[i + 1] <= 0x9F:
+            length = hex_escape(escape, <unsigned char>data[i + 1])
+            size = 2
+        elif (c == 0xE2 and i + 2 < n and <unsigned char>data[i + 1] == 0x80
+                and (<unsigned char>data[i + 2] == 0xA8 or <unsigned char>data[i + 2] == 0xA9)):
+            memcpy(escape, b"\\u2028" if <unsigned char>data[i + 2] == 0xA8 else b"\\u2029", 6)
+            length = 6
+            size = 3
+        else:
+            i += 1
+            continue
+        emit(d, data + start, i - start)
+        emit(d, escape, length)
+        i += size
+        start = i
+    emit(d, data + start, n - start)
+
+
+cdef inline Py_ssize_t hex_escape(char *escape, unsigned char c) noexcept nogil:
+    # Signal safe: \\xNN; its length.
+    escape[0] = b'\\'
+    escape[1] = b'x'
+    escape[2] = b"0123456789abcdef"[c >> 4]
+    escape[3] = b"0123456789abcdef"[c & 15]
+    return 4
+
+
 cdef void emit_bounded(Dumper *d, PyObject *text, Py_ssize_t limit) noexcept nogil:
     # Signal safe: a str as the text formats print it.
     cdef Py_ssize_t n = encode_bounded(text, limit, d.string)
     if n < 0:
         emit_str(d, b"???")
     else:
-        emit(d, d.string, n)
+        emit_printable(d, d.string, n)
 
 
 cdef void emit_bounded_json(Dumper *d, PyObject *text, Py_ssize_t limit) noexcept nogil:
@@ -229,7 +277,7 @@ cdef void format_frame(Dumper *d, PyCodeObject *code, int line) noexcept nogil:
         emit_str(d, b"\n")
         if source > 0:
             emit_str(d, b"    ")
-            emit(d, source_text, source)
+            emit_printable(d, source_text, source)
             emit_str(d, b"\n")
     elif d.format == FORMAT_UWSGI:
         emit_str(d, b" filename = ")
@@ -240,7 +288,7 @@ cdef void format_frame(Dumper *d, PyCodeObject *code, int line) noexcept nogil:
         emit_bounded(d, code.co_name, function_limit)
         emit_str(d, b" line = ")
         if source > 0:
-            emit(d, source_text, source)
+            emit_printable(d, source_text, source)
         emit_str(d, b"\n")
     else:
         emit_str(d, b'{"file":')
@@ -357,7 +405,7 @@ cdef void emit_thread_name(Dumper *d, PyThreadState *tstate, bint json) noexcept
     elif n < 0:
         emit_decimal(d, <long long>tb_thread_ident(tstate))
     else:
-        emit(d, d.string, n)
+        emit_printable(d, d.string, n)
 
 
 cdef void emit_seconds(Dumper *d, long long nanoseconds) noexcept nogil:
@@ -382,7 +430,7 @@ cdef void emit_thread_header(Dumper *d, PyThreadState *tstate, bint current, bin
     emit_str(d, b" (")
     if name >= 0:
         emit_str(d, b'name "')
-        emit(d, d.string, name)
+        emit_printable(d, d.string, name)
         emit_str(d, b'", ')
     emit_str(d, b"native id ")
     emit_decimal(d, native_id)
@@ -396,7 +444,7 @@ cdef void emit_thread_header(Dumper *d, PyThreadState *tstate, bint current, bin
     cdef Py_ssize_t context = slot_copy(ident, True, d.string)
     if context >= 0:
         emit_str(d, b"  Context: ")
-        emit(d, d.string, context)
+        emit_printable(d, d.string, context)
         emit_str(d, b"\n")
 
 

@@ -252,9 +252,9 @@ cdef void emit_locals(Dumper *d, tb_frame *frame, PyCodeObject *code) noexcept n
             emit_local_value(&value, d, bound)
         if d.format == FORMAT_TEXT:
             emit_str(d, b"      ")
-            emit(d, name, name_length)
+            emit_printable(d, name, name_length)
             emit_str(d, b" = ")
-            emit(d, text, value.length)
+            emit_printable(d, text, value.length)
             emit_str(d, b"\n")
         else:
             if shown:

@@ -7,6 +7,11 @@
 # `gil-free`; read the dump until the server closes.  Nothing sent means the
 # default format, so uWSGI's --connect-and-read works unchanged.
 #
+# A dump larger than the socket's buffer is written as the client reads it: its
+# rest waits (up to WAITING_MAX at once) while the server goes on with the next
+# client, so a client that does not read holds only itself.  Every connection
+# ends in finish_client(), so the client reads the whole answer, then end of file.
+#
 # Consistent dumps: unless the client asked for `gil-free`, the server hands the
 # client to the "consistent" Python thread (tbfast/consistent.py), which takes
 # the GIL, so every other thread is paused while it walks, and writes the dump
@@ -26,7 +31,9 @@ cdef extern from "<sys/socket.h>" nogil:
     int accept4(int fd, void *address, socklen_t *length, int flags)
     int getsockopt(int fd, int level, int name, void *value, socklen_t *length)
     Py_ssize_t recv(int fd, void *buffer, size_t length, int flags)
-    enum: SOCK_CLOEXEC, SOCK_NONBLOCK, SOL_SOCKET, SO_PEERCRED, MSG_DONTWAIT
+    Py_ssize_t send(int fd, const void *buffer, size_t length, int flags)
+    int shutdown(int fd, int how)
+    enum: SOCK_CLOEXEC, SOCK_NONBLOCK, SOL_SOCKET, SO_PEERCRED, MSG_DONTWAIT, MSG_NOSIGNAL, SHUT_RDWR
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
@@ -42,9 +49,10 @@ cdef extern from "<errno.h>" nogil:
 cdef enum:
     REQUEST_MAX = 64
     REQUEST_WAIT_MS = 10       # in all: a silent client gets the default dump after this
-    SOCKET_WRITE_MS = 2000     # a client that never reads holds the server this long at most
+    SOCKET_WRITE_MS = 2000     # a client that takes nothing for this long loses the rest
+    WAITING_MAX = 2            # dumps waiting for their clients at once, a dumper each (DUMPER_COUNT)
     ACCEPT_BACKOFF_MS = 100    # when out of fds, instead of spinning on accept()
-    DRAIN_READS = 16           # of 4 KiB: a client sending more is reset, as it deserves
+    DRAIN_READS = 1024         # of 4 KiB: a guard; after the shutdown the client can add nothing
     OPTION_BASE = 16           # request_word's values from here on are options
     OPTION_LOCALS = 1          # request words beyond the format
     OPTION_GIL_FREE = 2
@@ -53,6 +61,13 @@ cdef enum:
     HANDOVER_POSTED = 2
     HANDOVER_TAKEN = 3
     HANDOVER_WITHDRAWN = 4
+
+cdef struct Waiting:
+    int client                 # -1: a free entry
+    Dumper *d                  # holds the dump until it is written or given up
+    Py_ssize_t sent
+    long long idle_since       # when the client last took something
+    bint reads                 # it took something after the first write
 
 cdef struct Server:
     bint running
@@ -63,6 +78,8 @@ cdef struct Server:
     unsigned int owner_uid
     pthread_t thread
     PyInterpreterState *interp
+    int serving                # the client being served, -1 for none
+    Waiting waiting[WAITING_MAX]
 
 cdef struct Handover:
     bint open                  # the pipes exist in this process
@@ -173,35 +190,37 @@ cdef void refuse_peer(int client, unsigned int uid) noexcept nogil:
     write_all(client, line, n + 16, SOCKET_WRITE_MS)
 
 
-cdef bint serve_client(int client) noexcept nogil:
-    """GIL-free: checks the peer, reads its request, has one dump written.  False when
-    the client went to the consistent thread, which closes it."""
+cdef void serve_client(int client) noexcept nogil:
+    """GIL-free: checks the peer, reads its request, has one dump written; the client is
+    finished, waiting for the rest of its dump, or the consistent thread's."""
     cdef ucred peer
     cdef socklen_t size = sizeof(peer)
     cdef DumpRequest request
     cdef int options
     if getsockopt(client, SOL_SOCKET, SO_PEERCRED, &peer, &size) != 0:
-        return True
+        finish_client(client)
+        return
     if peer.uid != server.owner_uid and peer.uid != 0:
         refuse_peer(client, peer.uid)
-        return True
+        finish_client(client)
+        return
     cdef int format = read_request(client, &options)
     if format < 0:
         write_all(client, BAD_REQUEST, strlen(BAD_REQUEST), SOCKET_WRITE_MS)
-        return True
+        finish_client(client)
+        return
     request_init(&request, server.interp, b"socket", 0, False)  # this thread runs no Python
     request.locals = options & OPTION_LOCALS
     if not options & OPTION_GIL_FREE and handover.wait_ms > 0:
         request.gil_wait_ms = hand_over(client, format, options)
         if request.gil_wait_ms < 0:
-            return False
-    dump_to_fd_nogil(client, &request, format, SOCKET_WRITE_MS)
-    return True
+            return
+    send_dump(client, &request, format)
 
 
 cdef int hand_over(int client, int format, int options) noexcept nogil:
     """GIL-free: offers the client to the consistent thread for gil_wait_ms; -1 when
-    it took the client (it writes the dump and closes the client), else the
+    it took the client (it writes the dump and finishes the client), else the
     milliseconds waited in vain."""
     cdef long long started = monotonic_ms()
     cdef pollfd waiter
@@ -218,9 +237,9 @@ cdef int hand_over(int client, int format, int options) noexcept nogil:
     waiter.events = POLLIN
     if wait_readable(&waiter, handover.wait_ms) or not tb_cas_int(
             &handover.state, HANDOVER_POSTED, HANDOVER_WITHDRAWN):
-        # Taken: the consistent thread holds the GIL, writes and closes.  One client at a
-        # time: a client that does not read holds it SOCKET_WRITE_MS at most, and the
-        # server a little longer.
+        # Taken: the consistent thread holds the GIL, makes the dump and writes what the
+        # client takes at once; the rest waits in its own set (tbfast/_answers.py), so a
+        # client that does not read holds neither thread.
         wait_readable(&waiter, SOCKET_WRITE_MS + 1000)
         return -1
     tb_store_int(&handover.state, HANDOVER_IDLE)
@@ -246,40 +265,156 @@ cdef void drain_pipe(int fd) noexcept nogil:
         pass
 
 
-cdef void close_client(int client) noexcept nogil:
-    """GIL-free: discards what the client sent and we did not read, without waiting,
-    then closes: unread input would make the close a reset that loses our reply."""
+cdef void finish_client(int client) noexcept nogil:
+    """Signal safe: ends a connection so that the client reads the whole answer, then end of
+    file.  Shut down both ways first: a forked child's copy of the fd cannot hold the
+    end of file back, and the client can send nothing more.  Then read what it sent
+    and we did not (close() with unread input resets the connection), and close."""
     cdef char discard[4096]
     cdef int reads
+    shutdown(client, SHUT_RDWR)
     for reads in range(DRAIN_READS):
         if recv(client, discard, sizeof(discard), MSG_DONTWAIT) <= 0:
             break
     close(client)
 
 
+# ---------------------------------------------------------------- dumps waiting for their clients
+
+cdef enum:
+    WRITTEN = 0                # all of it, or the client left: finish it
+    MORE = 1                   # the client's socket is full
+
+
+cdef void send_dump(int client, DumpRequest *request, int format) noexcept nogil:
+    """Signal safe: makes the dump and writes what the client takes; the rest waits."""
+    cdef Waiting entry
+    entry.d = dumper_acquire()
+    if entry.d == NULL:
+        write_all(client, DUMP_SKIPPED, strlen(DUMP_SKIPPED), SOCKET_WRITE_MS)
+        finish_client(client)
+        return
+    dumper_start(entry.d, format)
+    dump(entry.d, request)
+    entry.client = client
+    entry.sent = 0
+    entry.idle_since = monotonic_ms()
+    if write_waiting(&entry) == WRITTEN:
+        end_waiting(&entry)
+        return
+    entry.reads = False  # what the first write put in the socket's buffer proves nothing
+    cdef Waiting *free_entry = waiting_entry_for_one_more()
+    free_entry[0] = entry
+
+
+cdef int write_waiting(Waiting *entry) noexcept nogil:
+    """Signal safe: writes what the client takes now, without waiting; WRITTEN or MORE."""
+    cdef Dumper *d = entry.d
+    cdef Py_ssize_t done, left
+    while True:
+        left = d.length - d.start - entry.sent
+        if left <= 0:
+            return WRITTEN
+        done = send(entry.client, d.buf + d.start + entry.sent, left, MSG_DONTWAIT | MSG_NOSIGNAL)
+        if done > 0:
+            entry.sent += done
+            entry.idle_since = monotonic_ms()
+            entry.reads = True
+        elif errno == EAGAIN:
+            return MORE
+        elif errno != EINTR:
+            return WRITTEN  # EPIPE, ECONNRESET: the client left
+
+
+cdef void end_waiting(Waiting *entry) noexcept nogil:
+    # Signal safe: releases the dump and finishes the client, whatever was written.
+    tb_release(&entry.d.busy)
+    finish_client(entry.client)
+    entry.client = -1
+
+
+cdef Waiting *waiting_entry_for_one_more() noexcept nogil:
+    """Signal safe: a free entry; when all are taken, that of the client given up on first."""
+    cdef Waiting *victim = NULL
+    cdef Waiting *entry
+    cdef int i
+    for i in range(WAITING_MAX):
+        entry = &server.waiting[i]
+        if entry.client < 0:
+            return entry
+        if victim == NULL or given_up_before(entry, victim):
+            victim = entry
+    end_waiting(victim)
+    return victim
+
+
+cdef bint given_up_before(Waiting *a, Waiting *b) noexcept nogil:
+    # Signal safe: one that has read nothing since its first write goes first, else the longer idle.
+    if a.reads != b.reads:
+        return not a.reads
+    return a.idle_since < b.idle_since
+
+
+cdef int serve_waiting() noexcept nogil:
+    """Signal safe: writes on to every waiting client, gives up on those idle for
+    SOCKET_WRITE_MS; the milliseconds until the next of them may be given up on, -1
+    when none waits."""
+    cdef Waiting *entry
+    cdef long long now, next_deadline = -1, deadline
+    cdef int i
+    for i in range(WAITING_MAX):
+        entry = &server.waiting[i]
+        if entry.client < 0:
+            continue
+        now = monotonic_ms()
+        deadline = entry.idle_since + SOCKET_WRITE_MS
+        if write_waiting(entry) == WRITTEN or deadline <= now:
+            end_waiting(entry)
+        elif next_deadline < 0 or deadline < next_deadline:
+            next_deadline = deadline
+    if next_deadline < 0:
+        return -1
+    return <int>max(next_deadline - monotonic_ms(), 1)
+
+
 cdef void *serve_loop(void *unused) noexcept nogil:
-    """GIL-free: the server thread, clients one at a time, each in bounded time, until woken."""
-    cdef pollfd waiters[2]
-    cdef int client
+    """GIL-free: the server thread, clients one at a time, each in bounded time, the
+    rests of dumps side by side, until woken."""
+    cdef pollfd waiters[2 + WAITING_MAX]
+    cdef int client, count, i, timeout_ms = -1
     block_async_signals()
     while True:
         waiters[0].fd = server.listen_fd
         waiters[0].events = POLLIN
-        waiters[0].revents = 0
         waiters[1].fd = server.wake_read
         waiters[1].events = POLLIN
-        waiters[1].revents = 0
-        if poll(waiters, 2, -1) < 0:
+        count = 2
+        for i in range(WAITING_MAX):
+            if server.waiting[i].client >= 0:
+                waiters[count].fd = server.waiting[i].client
+                waiters[count].events = POLLOUT
+                count += 1
+        for i in range(count):
+            waiters[i].revents = 0
+        if poll(waiters, count, timeout_ms) < 0:
             continue  # EINTR; every signal is blocked here, so nothing else
         if waiters[1].revents:
+            for i in range(WAITING_MAX):
+                if server.waiting[i].client >= 0:
+                    end_waiting(&server.waiting[i])
             return NULL
+        timeout_ms = serve_waiting()
+        if not waiters[0].revents:
+            continue
         client = accept4(server.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)
         if client < 0:
             if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
                 poll(NULL, 0, ACCEPT_BACKOFF_MS)
             continue
-        if serve_client(client):
-            close_client(client)
+        server.serving = client
+        serve_client(client)
+        server.serving = -1
+        timeout_ms = serve_waiting()
 
 
 cdef void server_forget(bint close_fds) noexcept nogil:
@@ -296,8 +431,17 @@ cdef void server_after_fork_in_child() noexcept nogil:
     parent.  The listening fd is the parent's socket and the hand-over pipes are shared
     with it: close them here; the Python layer serves the child's own socket and starts
     its own consistent thread (tbfast/sockets.py)."""
+    cdef int i
     if server.running:
         server_forget(True)
+        # Clients being served: the parent answers and finishes them.
+        if server.serving >= 0:
+            close(server.serving)
+            server.serving = -1
+        for i in range(WAITING_MAX):
+            if server.waiting[i].client >= 0:
+                close(server.waiting[i].client)  # its dumper is free in the child
+                server.waiting[i].client = -1
     if handover.open:
         close(handover.post_read)
         close(handover.post_write)
@@ -332,7 +476,7 @@ cdef int handover_open() except -1:
 cdef int server_start(int listen_fd, int default_format, unsigned int owner_uid) except -1:
     """Starts the server thread on a bound, listening socket it then owns, even when
     it fails (then the fd is closed).  GIL held."""
-    cdef int wake[2]
+    cdef int wake[2], i
     if pipe2(wake, O_CLOEXEC) != 0:
         close(listen_fd)
         raise OSError(errno, "tbfast: cannot make the server's wake pipe")
@@ -342,6 +486,9 @@ cdef int server_start(int listen_fd, int default_format, unsigned int owner_uid)
     server.default_format = default_format
     server.owner_uid = owner_uid
     server.interp = PyInterpreterState_Get()
+    server.serving = -1
+    for i in range(WAITING_MAX):
+        server.waiting[i].client = -1
     cdef int error = pthread_create(&server.thread, NULL, serve_loop, NULL)
     if error:
         close(wake[0])

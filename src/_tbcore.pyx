@@ -236,10 +236,16 @@ def consistent_thread_ident():
 FORMAT_NAMES = {number: name for name, number in FORMATS.items()}
 
 
+def handover_fd():
+    """The fd that becomes readable when the server posts a client (handover_take)."""
+    return handover.post_read
+
+
 def handover_take():
-    """Sleeps without the GIL until the server posts a client, then returns
-    (fd, format, locals) once this thread holds the GIL again, so that every other
-    thread is paused.  A post the server withdrew meanwhile is skipped."""
+    """Reads the server's post without the GIL, then returns (fd, format, locals) once
+    this thread holds the GIL again, so that every other thread is paused; None when
+    the server withdrew the post meanwhile.  Blocks until a post comes: wait for
+    handover_fd() first to do something else meanwhile."""
     cdef char byte = 0
     cdef Py_ssize_t got
     handover.thread_ident = PyThread_get_thread_ident()  # tbfast's machinery: no dump shows it
@@ -254,25 +260,16 @@ def handover_take():
             raise OSError(errno, "tbfast: the consistent thread's pipe failed")
         if tb_cas_int(&handover.state, HANDOVER_POSTED, HANDOVER_TAKEN):
             return handover.client, FORMAT_NAMES[handover.format], bool(handover.options & OPTION_LOCALS)
+        return None
 
 
 def handover_done():
-    """The taken client is written: closes it and tells the server."""
+    """The taken client is the consistent thread's now: tells the server to go on."""
     cdef char byte = b'd'
-    with nogil:
-        close_client(handover.client)
     # IDLE first: the server, woken by the byte, may post the next client at once.  (A
     # byte that comes late, after the server stopped waiting, only ends a wait early.)
     tb_store_int(&handover.state, HANDOVER_IDLE)
     write(handover.done_write, &byte, 1)
-
-
-def write_bounded(int fd, const unsigned char[:] data, int timeout_ms):
-    """Writes all of `data` without the GIL within timeout_ms; 0 or an errno."""
-    cdef int error
-    with nogil:
-        error = write_all(fd, <const char *>&data[0] if data.shape[0] else NULL, data.shape[0], timeout_ms)
-    return error
 
 
 cdef void after_fork_in_child() noexcept nogil:

@@ -11,6 +11,7 @@ import json
 import linecache
 import mmap
 import os
+import re
 import select
 import signal
 import stat
@@ -43,6 +44,8 @@ SIGNAL_WRITE_SECONDS = 5.0  # as the core's bounds: a signal's or the watchdog's
 API_WRITE_SECONDS = 60.0  # the caller's own fd
 _UWSGI_HEADER = b"*** uWSGI Python tracebacker output ***\n\n"
 _contexts = {}
+# In UTF-8: C0 controls and DEL, C1 controls, the line and paragraph separators.
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
 
 
 def bounded(text, limit):
@@ -53,6 +56,14 @@ def bounded(text, limit):
     cut = data[: limit - 3]
     # Never end inside a multi-byte sequence.
     return cut.decode("utf-8", "ignore").encode("utf-8") + b"..."
+
+
+def printable(data):
+    """A field of the text and uwsgi formats (UTF-8), its control characters escaped as
+    repr() spells them (\\n, \\x1b, \\x85, \\u2028), as the core's emit_printable
+    does: no name, context or path can end a line, fake one, or reach a terminal as
+    an escape sequence."""
+    return _CONTROL.sub(lambda match: repr(match.group().decode())[1:-1].encode(), data)
 
 
 def _json_string(data):
@@ -137,7 +148,7 @@ def _snapshot(all_threads, skip, safe=None, exclude_self=False):
 def _text_header(thread):
     parts = []
     if thread.name is not None:
-        parts.append(b'name "%s"' % thread.name)
+        parts.append(b'name "%s"' % printable(thread.name))
     if thread.native_id is not None:
         parts.append(b"native id %d" % thread.native_id)
     if thread.holds_gil:
@@ -166,9 +177,10 @@ def format_text_frames(frames):
         count += 1
         if count > RECURSIVE_CUTOFF:
             continue
-        out.append(b'  File "%s", line %d in %s\n' % (frame.file, frame.line, frame.function))
+        out.append(b'  File "%s", line %d in %s\n' % (
+            printable(frame.file), frame.line, printable(frame.function)))
         if frame.source is not None:
-            out.append(b"    %s\n" % frame.source)
+            out.append(b"    %s\n" % printable(frame.source))
         out.append(format_text_locals(frame))
     if count > RECURSIVE_CUTOFF:
         out.append(_repeated(count))
@@ -180,7 +192,7 @@ def _format_text(threads):
     for thread in threads:
         out.append(_text_header(thread))
         if thread.context is not None:
-            out.append(b"  Context: %s\n" % thread.context)
+            out.append(b"  Context: %s\n" % printable(thread.context))
         out.append(format_text_frames(thread.frames))
         out.append(b"\n")
     return b"".join(out)
@@ -190,7 +202,8 @@ def format_text_locals(frame):
     """A frame's locals, one a line under its source line ("" without locals)."""
     if frame.locals is None:
         return b""
-    lines = [b"      %s = %s\n" % item for item in frame.locals]
+    lines = [b"      %s = %s\n" % (printable(name), printable(value))
+             for name, value in frame.locals]
     if frame.more_locals:
         lines.append(b"      ... %d more\n" % frame.more_locals)
     return b"".join(lines)
@@ -199,10 +212,11 @@ def format_text_locals(frame):
 def _format_uwsgi(threads):
     out = [_UWSGI_HEADER]
     for thread in threads:
-        name = thread.name if thread.name is not None else b"%d" % thread.ident
+        name = printable(thread.name) if thread.name is not None else b"%d" % thread.ident
         for frame in reversed(thread.frames):
             out.append(b"thread_id = %s filename = %s lineno = %d function = %s line = %s\n" % (
-                name, frame.file, frame.line, frame.function, frame.source or b""))
+                name, printable(frame.file), frame.line, printable(frame.function),
+                printable(frame.source or b"")))
         out.append(b"\n")
     return b"".join(out)
 

@@ -17,11 +17,11 @@ Protocol, one client at a time, in turn:
    holds the GIL); anything else, or more than 64 bytes without a newline, gets
    ``tbfast: bad request: expected [text|uwsgi|json] [locals] [gil-free]\\n``
    and a close;
-3. write the dump (trigger ``socket``), for at most SEND_TIMEOUT (2 s) in all,
-   so a client that never reads holds the server no longer; close.
-
-Before each close, what the client sent beyond the request is drained
-(bounded), so the close does not reset the connection under the reply.
+3. write the dump (trigger ``socket``) as the client reads it: its rest waits
+   beside the next clients' (tbfast._answers), and is given up on when the
+   client takes nothing for WRITE_TIMEOUT (2 s);
+4. shut the connection down both ways, read what the client sent beyond the
+   request, close: the client reads the whole answer, then end of file.
 """
 
 import errno
@@ -32,17 +32,15 @@ import struct
 import threading
 import time
 
+from ._answers import WRITE_TIMEOUT, Answers
 from ._limits import FORMATS, REQUEST_OPTIONS, check_format
 from .consistent import gil_dump
 
 MODE = "python"
 REQUEST_WAIT = 0.010
 REQUEST_LIMIT = 64
-SEND_TIMEOUT = 2.0
-DRAIN_LIMIT = 64 * 1024
 THREAD_NAME = "tbfast-tracebacker"
 BAD_REQUEST = b"tbfast: bad request: expected [text|uwsgi|json] [locals] [gil-free]\n"
-_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # a reader gone is EPIPE, not SIGPIPE
 
 _server = None
 
@@ -65,13 +63,11 @@ class _Server:
                 pass
 
     def run(self):
-        poller = select.poll()
-        poller.register(self.listener.fileno(), select.POLLIN)
-        poller.register(self.wake_r, select.POLLIN)
+        answers = Answers()
         self.listener.setblocking(False)
         while True:
-            ready = {fd for fd, _ in poller.poll()}
-            if self.wake_r in ready:
+            if self.wake_r in answers.wait(self.listener.fileno(), self.wake_r):
+                answers.close()
                 return
             try:
                 client, _ = self.listener.accept()
@@ -83,28 +79,24 @@ class _Server:
                     continue
                 return  # the listener is gone
             try:
-                self.serve(client)
-            except Exception:  # noqa: BLE001 - one client must never stop the server
-                pass
-            finally:
-                client.close()
+                answer = self.answer(client)
+            except Exception as error:  # noqa: BLE001 - one client must never stop the server
+                answer = ("tbfast: dump failed: %s\n" % error).encode()
+            answers.send(client, answer)
 
-    def serve(self, client):
+    def answer(self, client):
+        """What the client gets: its dump, or one line saying why not."""
         client.setblocking(False)
         uid = peer_uid(client)
         if uid is None:
-            return  # no credentials, no dump
+            return b""  # no credentials, no dump
         if uid != self.owner_uid and uid != 0:
-            send_all(client, b"tbfast: refused: uid %d is not allowed\n" % uid)
-            drain(client)
-            return
+            return b"tbfast: refused: uid %d is not allowed\n" % uid
         request = read_request(client, self.default_format)
         if request is None:
-            send_all(client, BAD_REQUEST)
-        else:
-            fmt, options = request
-            send_all(client, gil_dump(fmt, "locals" in options))  # this thread holds the GIL
-        drain(client)
+            return BAD_REQUEST
+        fmt, options = request
+        return gil_dump(fmt, "locals" in options)  # this thread holds the GIL
 
     def stop(self):
         if self.pid != os.getpid():
@@ -116,8 +108,8 @@ class _Server:
         except OSError:
             pass
         if self.thread.ident is not None and self.thread is not threading.current_thread():
-            # A dump is at most SEND_TIMEOUT plus its own making.
-            self.thread.join(SEND_TIMEOUT + 5)
+            # A client is served in its request's wait and its dump's making.
+            self.thread.join(WRITE_TIMEOUT + 5)
         self.close_fds()
 
 
@@ -172,37 +164,6 @@ def read_request(client, default_format):
     if len(formats) > 1 or any(word not in FORMATS and word not in REQUEST_OPTIONS for word in words):
         return None  # a second format, or an unknown word (an option twice is fine, as in the core)
     return (formats[0] if formats else default_format), set(words) - set(FORMATS)
-
-
-def send_all(client, data):
-    """Writes `data` within SEND_TIMEOUT in all; False if the client did not take it."""
-    view = memoryview(data)
-    deadline = time.monotonic() + SEND_TIMEOUT
-    while view:
-        try:
-            view = view[client.send(view, _SEND_FLAGS):]
-            continue
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            return False  # EPIPE, ECONNRESET: the client left
-        left = deadline - time.monotonic()
-        if left <= 0 or not wait_for(client, select.POLLOUT, left):
-            return False
-    return True
-
-
-def drain(client):
-    """Reads what is already there (bounded), so close() doesn't reset the client."""
-    total = 0
-    while total < DRAIN_LIMIT:
-        try:
-            chunk = client.recv(4096)
-        except OSError:
-            return
-        if not chunk:
-            return
-        total += len(chunk)
 
 
 def serve_start(listen_fd, default_format, owner_uid):

@@ -4,22 +4,24 @@ The native tracebacker thread never waits for the GIL.  For each client it
 posts the client here and waits at most ``gil_wait`` (``tbfast.configure``,
 default 50 ms).  This thread wakes, takes the GIL, so every other thread is
 paused where it is and the walk is exact, and writes the dump itself (header
-``mode=gil``).  When the GIL holder is stuck in C, the GIL never comes: the
-server withdraws the post and writes the GIL-free dump, whose header says how
-long it waited and which thread holds the GIL.
+``mode=gil``; what the client does not take at once waits beside other
+clients', tbfast._answers).  When the GIL holder is stuck in C, the GIL never
+comes: the server withdraws the post and writes the GIL-free dump, whose header
+says how long it waited and which thread holds the GIL.
 
 One thread per process, started by tbfast.sockets once a server runs (and
 again in a forked child that serves its own socket).
 """
 
 import json
+import socket
 import threading
 
 from . import _fallback, _impl, rich
+from ._answers import Answers
 from .saferepr import safe_repr
 
 THREAD_NAME = "tbfast-consistent"
-SOCKET_WRITE_MS = 2000  # as the native server: a client that never reads loses the rest
 
 _start_lock = threading.Lock()
 
@@ -53,13 +55,20 @@ def gil_dump(fmt, with_locals, trigger="socket"):
 
 
 def _serve():
+    answers, posts = Answers(), _impl.handover_fd()
     while True:
-        fd, fmt, with_locals = _impl.handover_take()
+        answers.wait(posts)
+        taken = _impl.handover_take()
+        if taken is None:
+            continue  # withdrawn: the server wrote the GIL-free dump
+        fd, fmt, with_locals = taken
+        client = socket.socket(fileno=fd)
         try:
-            _impl.write_bounded(fd, gil_dump(fmt, with_locals), SOCKET_WRITE_MS)
+            data = gil_dump(fmt, with_locals)
         except _impl.DumpSkipped as skipped:  # the line a GIL-free dump writes then
-            _impl.write_bounded(fd, b"%s\n" % str(skipped).encode(), SOCKET_WRITE_MS)
+            data = b"%s\n" % str(skipped).encode()
         except BaseException as error:  # noqa: BLE001 - the client gets the reason, the thread goes on
-            _impl.write_bounded(fd, ("tbfast: dump failed: %s\n" % error).encode(), SOCKET_WRITE_MS)
+            data = ("tbfast: dump failed: %s\n" % error).encode()
         finally:
             _impl.handover_done()
+        answers.send(client, data)

@@ -556,7 +556,10 @@ def sections(format="text", *, locals=False, safe=None):
         greenlet_part = _guarded(format, "Greenlets", lambda: _greenlets_part(format, safe))
     if format == "json":
         return {**asyncio_part, **greenlet_part}
-    return "".join(part for part in (asyncio_part, greenlet_part) if part)
+    text = "".join(part for part in (asyncio_part, greenlet_part) if part)
+    # Task and greenlet names come from the application, maybe from a request.
+    return "\n".join(_fallback.printable(line.encode("utf-8", "backslashreplace")).decode()
+                     for line in text.split("\n"))
 
 
 def _guarded(format, title, make):

@@ -16,15 +16,18 @@ import atexit
 import collections
 import errno
 import fcntl
+import logging
 import os
 import socket
 import stat
+import struct
 import sys
 import threading
 
 from . import _fallback_server, _impl, consistent
 from ._backend import warn_if_fallback
 from ._limits import check_format
+from ._users import describe_uid
 
 # The one place the server is chosen.
 _server = _impl if getattr(_impl, "serve_start", None) is not None else _fallback_server
@@ -49,6 +52,7 @@ class _Slot:
                  "lock_path")
 
 
+_logger = logging.getLogger("tbfast")
 _lock = threading.RLock()
 _lock_pid = os.getpid()
 _state = None        # the _Slot this process serves
@@ -85,6 +89,11 @@ def enable_tracebacker(basename, worker_id=None, *, mode=0o600, format="text"):
     Returns the socket's path; None in a uWSGI master, where nothing is bound
     and each worker binds its own after fork.  Enabling again replaces the
     socket served before; a child after os.fork() serves one of its own.
+
+    A slot another user holds, or an odd file at it (a directory, a symlink,
+    a file that is not a socket), is skipped with a warning on the ``tbfast``
+    logger naming the path and its owner; so is a socket directory that others
+    may write to without the sticky bit (docs/security-sockets.md).
     """
     global _wanted, _done_pid
     basename = _check_basename(basename)
@@ -131,6 +140,7 @@ def _enable(basename, worker_id, mode, fmt, billiard_index=None):
         worker_id, source = _derived_worker_id(billiard_index)
     if source == "uwsgi" and worker_id == 0:
         return None  # the master: each worker binds its own in the post-fork hook
+    _check_directory(basename)
     slot = None
     if worker_id is not None:
         _check_path(basename + str(worker_id))
@@ -255,6 +265,27 @@ def _check_path(path):
             directory)
 
 
+def _check_directory(basename):
+    """Warns when others may replace the socket or its lock file in its directory:
+    one writable by others than its owner without the sticky bit, or owned by
+    another user (but root)."""
+    if basename.startswith("@"):
+        return
+    directory = os.path.dirname(basename) or "."
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return  # _check_path says what is wrong
+    sticky = info.st_mode & stat.S_ISVTX
+    if (info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky
+            or info.st_uid not in (os.geteuid(), 0)):
+        _logger.warning(
+            "tbfast: the tracebacker socket directory %s (mode %#o, owner %s) lets others "
+            "replace the socket or its lock file: use a directory only this user may write "
+            "to, or one with the sticky bit such as /tmp",
+            directory, stat.S_IMODE(info.st_mode), describe_uid(info.st_uid))
+
+
 def _first_free_slot(basename, mode):
     for number in range(1, MAX_SLOTS + 1):
         path = basename + str(number)
@@ -279,6 +310,9 @@ def _claim(path, mode, strict):
     if path.startswith("@"):
         sock = _bind("\0" + path[1:], None, path, strict)
         if sock is None:
+            _, uid = _listener("\0" + path[1:])
+            if uid is not None and uid != os.geteuid():
+                _skip_slot(path, "is served by another user", uid)
             return None
         slot.fd = sock.detach()
         return slot
@@ -297,18 +331,39 @@ def _claim(path, mode, strict):
             _release_lock(slot)
             return None
         try:
-            info = os.lstat(path)
-            if mode != stat.S_IMODE(info.st_mode):
-                os.chmod(path, mode)  # the umask took bits off: only ever fewer than `mode`
+            slot.ident = _give_mode(path, mode)
         except BaseException:
             sock.close()
-            _unlink(path)
             raise
     except BaseException:
         _release_lock(slot)
         raise
-    slot.ident, slot.fd = (info.st_dev, info.st_ino), sock.detach()
+    slot.fd = sock.detach()
     return slot
+
+
+def _give_mode(path, mode):
+    """The (st_dev, st_ino) of the socket just bound at `path`, given `mode` when the
+    umask took bits off.  No other file ever has its mode changed: the socket is
+    opened without following a symlink, checked to be a socket of this user's
+    with one link, and changed through that fd.  Anything else at `path` (swapped
+    in since the bind) is refused, and left where it is."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not (stat.S_ISSOCK(info.st_mode) and info.st_uid == os.geteuid()
+                and info.st_nlink == 1):
+            raise FileExistsError(
+                errno.EEXIST, "tracebacker socket replaced right after it was bound", path)
+        try:
+            if mode != stat.S_IMODE(info.st_mode):
+                os.chmod("/proc/self/fd/%d" % fd, mode)  # the umask took bits off
+        except BaseException:
+            _unlink(path, (info.st_dev, info.st_ino))
+            raise
+        return info.st_dev, info.st_ino
+    finally:
+        os.close(fd)
 
 
 def _lock_slot(lock_path, strict):
@@ -320,18 +375,24 @@ def _lock_slot(lock_path, strict):
             if strict or not os.path.lexists(lock_path):
                 raise PermissionError(
                     error.errno, "cannot open the tracebacker lock file", lock_path) from None
-            return None  # another user's slot
+            _skip_slot(lock_path, "cannot be opened by this user")
+            return None
         except OSError as error:
-            if error.errno != errno.ELOOP:
+            odd = {errno.ELOOP: "a symlink", errno.EISDIR: "a directory"}.get(error.errno)
+            if odd is None:
                 raise
             if strict:
                 raise FileExistsError(
-                    errno.EEXIST, "tracebacker lock file is a symlink", lock_path) from None
+                    errno.EEXIST, "tracebacker lock file is %s" % odd, lock_path) from None
+            _skip_slot(lock_path, "is " + odd)
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            owner = os.fstat(fd).st_uid
             os.close(fd)
+            if owner != os.geteuid():  # else a sibling worker's, as expected
+                _skip_slot(lock_path, "is held by another user's process")
             return None
         except BaseException:
             os.close(fd)
@@ -362,11 +423,17 @@ def _reclaim(path, strict):
     if not stat.S_ISSOCK(info.st_mode):
         if strict:
             raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+        _skip_slot(path, "is not a socket")
         return False
-    if _answers(path):
+    listening, uid = _listener(path)
+    if listening:
         if strict:
             _live(path)
-        return False  # served by something that takes no lock (uWSGI's own tracebacker)
+        # Served by something that takes no lock (uWSGI's own tracebacker), or another user.
+        uid = info.st_uid if uid is None else uid
+        if uid != os.geteuid():
+            _skip_slot(path, "is served by another user", uid)
+        return False
     try:
         os.unlink(path)  # stale: its process is gone
     except FileNotFoundError:
@@ -375,23 +442,43 @@ def _reclaim(path, strict):
         if strict:
             raise PermissionError(
                 error.errno, "cannot remove the stale tracebacker socket", path) from None
+        _skip_slot(path, "is a stale socket this user cannot remove")
         return False
     return True
 
 
-def _answers(address):
-    """Whether something listens on `address`: a probe connection, closed at once."""
+def _listener(address):
+    """(whether something listens on `address`, the uid serving it or None when
+    unknown): a probe connection, closed at once.  Its line is a bad request to a
+    tbfast server, which then makes no dump for it."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
         probe.connect(address)
+        credentials = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                       struct.calcsize("3i"))
     except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except OSError:
-        return True  # a full backlog, no permission: someone's, not to be taken
-    finally:
         probe.close()
-    return True
+        return False, None
+    except OSError:
+        probe.close()
+        return True, None  # a full backlog, no permission: someone's, not to be taken
+    try:
+        probe.send(b"probe\n", socket.MSG_DONTWAIT)
+    except OSError:
+        pass  # it closed already
+    probe.close()
+    return True, struct.unpack("3i", credentials)[1]
+
+
+def _skip_slot(path, problem, uid=None):
+    """Warns that a slot is skipped for what is at `path`, naming its owner: `uid`, or
+    the file's."""
+    try:
+        owner = describe_uid(os.lstat(path).st_uid if uid is None else uid)
+    except OSError:
+        owner = "unknown: the file is gone"
+    _logger.warning("tbfast: tracebacker slot skipped: %s %s (owner: %s)", path, problem, owner)
 
 
 def _bind(address, mode, path, strict):

@@ -1,5 +1,6 @@
 """tbfast connect-and-read on the real sockets of worker subprocesses."""
 
+import contextlib
 import io
 import json
 import os
@@ -7,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -20,8 +22,9 @@ import test_sockets as shared  # noqa: E402 - the workers and fixtures of the so
 
 ROOT, worker_env = shared.ROOT, shared.worker_env
 # Fixtures, taken by name by the tests below.
-script, tmp, spawn, server, autostart_python = (
-    shared.script, shared.tmp, shared.spawn, shared.server, shared.autostart_python)
+script, tmp, spawn, server, autostart_python, other_user = (
+    shared.script, shared.tmp, shared.spawn, shared.server, shared.autostart_python,
+    shared.other_user)
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "tbfast")
 
@@ -216,3 +219,153 @@ def test_answers_within_a_second_while_the_gil_is_held(spawn, tmp, script):
     assert re.search(r'^Thread 0x[0-9a-f]+ \(name "MainThread", native id \d+, holds the GIL\)',
                      result.stdout, re.M)
     assert worker.read()["held"] is True
+
+
+@contextlib.contextmanager
+def fake_server(path, answer, close=True):
+    """A socket at `path` that answers each client with the chunks `answer()` gives,
+    then ends the connection, or with close=False keeps it open until the block
+    ends: what any process may serve.  At most 8 clients, in a thread."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+    listener.settimeout(0.1)
+    done, kept = threading.Event(), []
+
+    def serve():
+        deadline = time.monotonic() + 120
+        for _ in range(8):
+            while not done.is_set() and time.monotonic() < deadline:
+                try:
+                    client = listener.accept()[0]
+                    break
+                except socket.timeout:
+                    continue
+            else:
+                return
+            try:
+                for chunk in answer():
+                    client.sendall(chunk)
+            except OSError:
+                pass  # the reader stopped reading and left
+            if close:
+                shared.end_connection(client)
+            else:
+                kept.append(client)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(10)
+        for client in kept:
+            client.close()
+        listener.close()
+
+
+# A raw control character in what the command prints: anything but newlines and tabs.
+RAW_CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
+HOSTILE = '/slow\n  File "/srv/evil.py", line 1 in injected\r\x1b]0;pwned\x07\x85\u2028 end'
+
+
+def run_bytes(*args, timeout=60):
+    """`python -m tbfast ARGS`: (exit status, stdout bytes, stderr bytes)."""
+    result = subprocess.run([sys.executable, "-m", "tbfast", *args], capture_output=True,
+                            timeout=timeout, env=worker_env(), cwd="/")
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_a_request_path_in_a_context_prints_as_one_escaped_line(spawn, tmp, server):
+    """Issue 15, item 5: a request path put a fake frame line and a terminal escape
+    sequence into what connect-and-read printed."""
+    worker = spawn({"basename": tmp + "/tb.", "request": HOSTILE}, server)
+    for fmt in ("text", "uwsgi"):
+        status, out, err = run_bytes("connect-and-read", "--format", fmt, worker.path)
+        assert (status, err) == (0, b""), err
+        assert not RAW_CONTROL.search(out), RAW_CONTROL.search(out)
+        assert not re.search(rb'^  File "/srv/evil.py"', out, re.M)
+        assert repr("request " + HOSTILE)[1:-1].encode() in out
+        if fmt == "text":
+            assert b"\n  Context: GET " + repr(HOSTILE)[1:-1].encode() + b"\n" in out
+    status, out, err = run_bytes("connect-and-read", "--format", "json", "--no-headings",
+                                 worker.path)
+    threads = json.loads(out)["threads"]
+    assert {"GET " + HOSTILE} == {thread["context"] for thread in threads if thread["context"]}
+
+
+def test_control_characters_from_any_server_are_printed_escaped(tmp):
+    """Whatever a socket sends, the command prints no raw control character but the
+    newlines and tabs: a text dump's are escaped as repr() spells them, a JSON
+    dump's (the C1 ones and DEL, which JSON may carry raw) as JSON does, so the
+    document parses to the same; bytes that are not UTF-8 are escaped too."""
+    lines = ["tbfast dump: pid=1", "\tThread \x1b[31mred\x1b[0m\r\x00\x07\x7f\x85\x9b\u2028 end"]
+    text = "\n".join(lines).encode() + b"\n\xff\xfe\n"
+    printed = "\n".join(repr(line)[1:-1].replace("\\t", "\t") for line in lines).encode() \
+        + b"\n\\xff\\xfe\n"
+    document = {"tbfast": 1, "threads": [{"name": "\x1b\x7f\x85\x9b\u2028 end"}]}
+    with fake_server(tmp + "/text.1", lambda: [text]), fake_server(
+            tmp + "/json.1", lambda: [json.dumps(document, ensure_ascii=False).encode()]):
+        status, out, err = run_bytes("connect-and-read", "--no-headings", tmp + "/text.1")
+        assert (status, err, out) == (0, b"", printed)
+        status, out, err = run_bytes("connect-and-read", "--no-headings", tmp + "/json.1")
+        assert (status, err) == (0, b"")
+        assert not RAW_CONTROL.search(out)
+        assert json.loads(out) == document
+
+
+def test_a_server_of_another_user_is_refused_unless_allowed(tmp, other_user):
+    """Issue 15, item 7: another user who serves a slot (taken first, or in a directory
+    others may write to) had its fake dump printed as the worker's."""
+    os.chmod(tmp, 0o1777)
+    fake = b"tbfast dump: pid=1 (not your worker)\n"
+    with shared.served_by(other_user, tmp + "/tb.1", fake):
+        status, out, err = run_bytes("connect-and-read", tmp + "/tb.1")
+        assert (status, out) == (1, b"")
+        assert err.decode() == (
+            "tbfast: %s/tb.1: served by uid %d (%s), neither yours nor root's: not read "
+            "(--allow-uid %d reads it)\n" % (tmp, other_user.pw_uid, other_user.pw_name,
+                                              other_user.pw_uid))
+        for allow in (["--allow-uid", other_user.pw_name], ["--allow-uid", str(other_user.pw_uid)],
+                      ["--any-owner"]):
+            status, out, err = run_bytes("connect-and-read", *allow, tmp + "/tb.1")
+            assert (status, err) == (0, b""), err
+            assert out == b"==> %s/tb.1 <==\n" % tmp.encode() + fake
+
+
+def test_a_socket_that_keeps_streaming_is_read_to_the_buffer_size(tmp):
+    """Issue 15, item 7: a socket that kept streaming took the command to 2 GB."""
+    chunk = b"x" * 65535 + b"\n"
+    with fake_server(tmp + "/tb.1", lambda: [chunk] * 200):  # 12.5 MiB
+        for options, limit in (([], tbfast._limits.DEFAULT_BUFFER_SIZE),
+                               (["--max-bytes", "100000"], 100000)):
+            status, out, err = run_bytes("connect-and-read", "--no-headings", *options,
+                                         tmp + "/tb.1")
+            why = "cut short after %d bytes: more than --max-bytes %d" % (limit, limit)
+            assert (status, err.decode()) == (1, "tbfast: %s/tb.1: %s\n" % (tmp, why))
+            data = (chunk * 200)[:limit]
+            assert out == data + (b"" if data.endswith(b"\n") else b"\n") + (
+                b"*** tbfast: %s ***\n" % why.encode())
+
+
+def test_a_dump_cut_short_by_the_timeout_is_printed_and_marked(tmp):
+    """Issue 15, item 8: on a timeout the command threw away what it had read."""
+    start = b"tbfast dump: pid=1\nThread 0x1 (most recent call first):\n  File"
+    with fake_server(tmp + "/tb.1", lambda: [start], close=False):
+        status, out, err = run_bytes("connect-and-read", "--timeout", "1", tmp + "/tb.1")
+    assert status == 1
+    assert err.decode() == "tbfast: %s/tb.1: cut short after %d bytes: timed out after 1s\n" % (
+        tmp, len(start))
+    assert out == b"==> %s/tb.1 <==\n%s\n*** tbfast: cut short after %d bytes: timed out after " \
+        b"1s ***\n" % (tmp.encode(), start, len(start))
+
+
+def test_summary_refuses_a_document_that_is_no_dump(tmp):
+    """A JSON document without tbfast's threads and frames is one clear line, not a traceback."""
+    odd = json.dumps({"tbfast": 1, "threads": [{"frames": [{"file": "x.py"}]}]}).encode()
+    with fake_server(tmp + "/tb.1", lambda: [odd]):
+        status, out, err = run_bytes("connect-and-read", "--summary", tmp + "/tb.1")
+    assert (status, out) == (1, b"")
+    assert err.decode() == (
+        "tbfast: %s/tb.1: not a json dump: its threads or frames are missing or malformed\n" % tmp)

@@ -14,7 +14,7 @@ import pytest
 import tbfast
 import shapes
 from tbfast import _fallback, _limits
-from conftest import needs_core
+from conftest import needs_core, thread_of
 
 
 def body(dump):
@@ -179,3 +179,62 @@ def test_thousand_threads_truncated_with_exact_marker_main_first(fmt):
     accounted, first = frames_accounted(dump, fmt)
     assert accounted == total
     assert first == threading.main_thread().ident
+
+
+# What a remote client put in a request path (issue 15, item 5): a fake frame line,
+# a terminal title sequence, and every kind of control character.
+HOSTILE = ('/slow\n  File "/srv/evil.py", line 1 in injected\r\x1b]0;pwned\x07 \x00\t\x7f'
+           '\x85\x9b\u2028\u2029 end')
+# A raw control character in text or uwsgi output: anything but the newlines that end its lines.
+RAW_CONTROL = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
+
+
+def escaped(text):
+    """`text` as the dumps print it: Python's repr() spelling of its control characters."""
+    assert "'" not in text and "\\" not in text  # repr() would escape those too
+    return repr(text)[1:-1].encode()
+
+
+def test_control_characters_in_every_field_are_escaped(parked, tmp_path):
+    """A thread's name and context, a file's and a function's name, a source line: no
+    field writes a raw control character, so none can fake a frame line or reach a
+    terminal as an escape sequence.  The core and the fallback write the same; JSON
+    keeps the exact strings, by its own escaping."""
+    function = "handler" + HOSTILE[:40]
+    module_file = tmp_path / ("hostile" + HOSTILE[:30].replace("/", "_") + ".py")
+    # A comment may hold any character but those that end a line (and NUL).
+    comment = HOSTILE.replace("\n", "").replace("\r", "").replace("\0", "")
+    module_file.write_text("def run(park):\n    return park()  # %s\n" % comment, encoding="utf-8")
+    namespace = {}
+    exec(compile(module_file.read_text(encoding="utf-8"), str(module_file), "exec"), namespace)
+    run = namespace["run"]
+    run.__code__ = run.__code__.replace(co_name=function)
+
+    # set_context refuses a NUL (the WSGI middleware escapes a request's before it).
+    context = HOSTILE.replace("\0", "")
+
+    def with_context(park):
+        tbfast.set_context(context)
+        return run(park)
+
+    item = parked(with_context, name="worker" + HOSTILE)
+    formatters = [("fallback", _fallback.format_dump)]
+    if tbfast.HAS_CORE:
+        formatters.append(("core", tbfast._impl.format_dump))
+    for fmt in ("text", "uwsgi"):
+        dumps = {name: format_dump(True, fmt, 0) for name, format_dump in formatters}
+        for name, dump in dumps.items():
+            assert not RAW_CONTROL.search(dump), (name, fmt, RAW_CONTROL.search(dump))
+            assert not re.search(rb'^  File "/srv/evil.py"', dump, re.M), (name, fmt)
+            for field in ("worker" + HOSTILE, function, str(module_file),
+                          "return park()  # " + comment):
+                assert escaped(field) in dump, (name, fmt, field)
+            if fmt == "text":
+                assert b"\n  Context: " + escaped(context) + b"\n" in dump, name
+        if tbfast.HAS_CORE:
+            assert body(dumps["core"]) == body(dumps["fallback"]), fmt
+    for name, format_dump in formatters:
+        thread = thread_of(json.loads(format_dump(True, "json", 0)), item.thread.ident)
+        assert (thread["name"], thread["context"]) == ("worker" + HOSTILE, context), name
+        frame = next(frame for frame in thread["frames"] if frame["file"] == str(module_file))
+        assert (frame["function"], frame["source"]) == (function, "return park()  # " + comment)

@@ -6,6 +6,7 @@ servers: the core's native one and the pure-Python fallback
 (TBFAST_NO_EXTENSIONS=1 in the worker's environment).
 """
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -73,6 +74,17 @@ if config.get("asyncio"):
         await asyncio.create_task(napping_child(), name="napping-child")
 
     threading.Thread(target=asyncio.run, args=(parent(),), name="loop", daemon=True).start()
+
+if "request" in config:  # a thread serving a request whose path a client chose
+    def serve_request(path, started):
+        tbfast.set_context("GET " + path)
+        started.set()
+        release.wait()
+
+    started = threading.Event()
+    threading.Thread(target=serve_request, args=(config["request"], started),
+                     name="request " + config["request"], daemon=True).start()
+    started.wait(20)
 
 
 def report(**extra):
@@ -264,6 +276,27 @@ def ask(path, request=None, timeout=10, shutdown=False):
             chunks.append(chunk)
 
 
+def read_to_the_end(client, timeout=10):
+    """(what `client` reads, how the reading ended: "end of file", "reset" or
+    "timeout"), within `timeout` seconds in all."""
+    deadline, chunks = time.monotonic() + timeout, []
+    for _ in range(100000):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        client.settimeout(left)
+        try:
+            chunk = client.recv(1 << 20)
+        except ConnectionResetError:
+            return b"".join(chunks), "reset"
+        except socket.timeout:
+            break
+        if not chunk:
+            return b"".join(chunks), "end of file"
+        chunks.append(chunk)
+    return b"".join(chunks), "timeout"
+
+
 def busy_frames(dump, name="busy-0"):
     """The frames of thread `name` in a json dump, innermost first."""
     for thread in dump["threads"]:
@@ -277,6 +310,85 @@ def clean_state():
     """In-process tests leave no tracebacker behind."""
     yield
     sockets.disable_tracebacker()
+
+
+OTHER_USER = "tbfast-sockets-peer"
+
+
+@pytest.fixture(scope="session")
+def other_user():
+    """A second local user (a pwd entry), made with useradd and removed at the end:
+    the tests of what another local user can do need root."""
+    if not ROOT:
+        pytest.skip("NOT RUN: needs root to create a second user with useradd")
+    if shutil.which("useradd") is None:
+        pytest.skip("NOT RUN: no useradd to create a second user with")
+    try:
+        yield pwd.getpwnam(OTHER_USER)  # left by a run that was killed
+        return
+    except KeyError:
+        pass
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    OTHER_USER], check=True, capture_output=True, timeout=60)
+    try:
+        yield pwd.getpwnam(OTHER_USER)
+    finally:
+        subprocess.run(["userdel", OTHER_USER], capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def served_by(user, path, answer, lock=False):
+    """A socket at `path` (``@name``: abstract) bound by a forked child running as
+    `user`, which answers each client with `answer` and, with `lock`, holds the
+    flock of `path`.lock as a tbfast worker would; until the block ends."""
+    ready_read, ready_write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            if lock:
+                fcntl.flock(os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600), fcntl.LOCK_EX)
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind("\0" + path[1:] if path.startswith("@") else path)
+            server.listen(16)
+            os.write(ready_write, b"r")
+            server.settimeout(60)
+            for _ in range(100):
+                client = server.accept()[0]
+                try:
+                    client.sendall(answer)
+                except OSError:
+                    pass  # the client left without reading
+                end_connection(client)
+        finally:
+            os._exit(0)
+    os.close(ready_write)
+    try:
+        assert select.select([ready_read], [], [], 20)[0] and os.read(ready_read, 1) == b"r", (
+            "the other user's server did not start")
+        yield
+    finally:
+        os.close(ready_read)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
+def end_connection(client):
+    """Ends a connection as a server should: the client reads all, then end of file."""
+    try:
+        client.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the client left
+    read_to_the_end(client, 5)  # a close with unread input resets
+    client.close()
+
+
+def warnings_of(log):
+    """The warnings about slots and the socket directory (not the fallback's own)."""
+    return [record.getMessage() for record in log.records if record.levelname == "WARNING"
+            and ("slot skipped" in record.getMessage() or "socket directory" in record.getMessage())]
 
 
 # -- naming -----------------------------------------------------------------------
@@ -390,6 +502,58 @@ def test_a_file_that_is_not_a_socket_is_left_alone(tmp, clean_state):
         assert file.read() == "not a socket"
 
 
+def test_another_users_slot_is_skipped_with_a_warning_naming_it(tmp, clean_state, other_user,
+                                                               tbfast_log):
+    """Issue 15, item 7: another user who takes slot 1 first used to push the worker to
+    slot 2 without a word."""
+    os.chmod(tmp, 0o1777)  # as /tmp: anyone makes files, only their owner removes them
+    with served_by(other_user, tmp + "/tb.1", b"tbfast dump: pid=1 (fake)\n", lock=True):
+        assert sockets.enable_tracebacker(tmp + "/tb.") == tmp + "/tb.2"
+    warnings = warnings_of(tbfast_log)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("tbfast: tracebacker slot skipped: %s/tb.1" % tmp)
+    assert "(owner: uid %d (%s))" % (other_user.pw_uid, other_user.pw_name) in warnings[0]
+
+
+def test_another_users_abstract_name_is_skipped_with_a_warning(clean_state, other_user,
+                                                              tbfast_log):
+    base = "@tbfast-test-%d-" % os.getpid()
+    with served_by(other_user, base + "1", b"tbfast dump: pid=1 (fake)\n"):
+        assert sockets.enable_tracebacker(base) == base + "2"
+    assert warnings_of(tbfast_log) == [
+        "tbfast: tracebacker slot skipped: %s1 is served by another user (owner: uid %d (%s))"
+        % (base, other_user.pw_uid, other_user.pw_name)]
+
+
+@pytest.mark.parametrize("odd", ["directory", "symlink"])
+def test_an_odd_lock_file_is_skipped_with_a_warning(tmp, clean_state, tbfast_log, odd):
+    """Issue 15, item 7: a directory at tb.1.lock raised IsADirectoryError."""
+    if odd == "directory":
+        os.mkdir(tmp + "/tb.1.lock")
+    else:
+        os.symlink(tmp + "/elsewhere", tmp + "/tb.1.lock")
+    assert sockets.enable_tracebacker(tmp + "/tb.") == tmp + "/tb.2"
+    assert warnings_of(tbfast_log) == [
+        "tbfast: tracebacker slot skipped: %s/tb.1.lock is a %s (owner: uid %d (%s))"
+        % (tmp, odd, os.geteuid(), pwd.getpwuid(os.geteuid()).pw_name)]
+    assert os.path.lexists(tmp + "/tb.1.lock") and not os.path.exists(tmp + "/elsewhere")
+
+
+def test_a_directory_others_may_write_to_is_warned_about(tmp, clean_state, tbfast_log):
+    """Issue 15, item 4: in a directory others may write to, without the sticky bit,
+    they can swap the socket or its lock file for something of theirs."""
+    os.chmod(tmp, 0o777)
+    sockets.enable_tracebacker(tmp + "/tb.")
+    assert warnings_of(tbfast_log) == [
+        "tbfast: the tracebacker socket directory %s (mode 0o777, owner uid %d (%s)) lets "
+        "others replace the socket or its lock file: use a directory only this user may "
+        "write to, or one with the sticky bit such as /tmp"
+        % (tmp, os.geteuid(), pwd.getpwuid(os.geteuid()).pw_name)]
+    os.chmod(tmp, 0o1777)
+    sockets.enable_tracebacker(tmp + "/tb.")
+    assert len(warnings_of(tbfast_log)) == 1
+
+
 # -- files: mode, close-on-exec, removal ---------------------------------------------
 
 def test_socket_is_0600_from_the_start_and_the_umask_is_untouched(tmp, clean_state):
@@ -403,6 +567,37 @@ def test_socket_is_0600_from_the_start_and_the_umask_is_untouched(tmp, clean_sta
     assert stat.S_IMODE(os.stat(path + ".lock").st_mode) == 0o600
     path = sockets.enable_tracebacker(tmp + "/tb.", mode=0o660)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+
+
+def test_no_mode_is_ever_given_through_a_symlink(tmp, clean_state, monkeypatch):
+    """Issue 15, item 4: the umask takes bits off the mode asked for, so the socket is
+    given its mode after bind().  That chmod followed a symlink swapped in for the
+    socket meanwhile (by another user, in a directory others may write to): a
+    root-owned 0600 file became 0666."""
+    victim = tmp + "/victim"
+    with open(victim, "w") as file:
+        file.write("root's")
+    os.chmod(victim, 0o600)
+    bind = sockets._bind
+
+    def bind_then_swap(address, mode, path, strict):
+        sock = bind(address, mode, path, strict)
+        os.unlink(path)  # what the other user does right after the bind
+        os.symlink(victim, path)
+        return sock
+
+    monkeypatch.setattr(sockets, "_bind", bind_then_swap)
+    old = os.umask(0o022)
+    try:
+        with pytest.raises(FileExistsError, match="replaced right after it was bound"):
+            sockets.enable_tracebacker(tmp + "/tb.", mode=0o666)
+        assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600
+        assert os.readlink(tmp + "/tb.1") == victim  # not ours: left alone
+        monkeypatch.setattr(sockets, "_bind", bind)
+        path = sockets.enable_tracebacker(tmp + "/tb.", mode=0o666)
+    finally:
+        os.umask(old)
+    assert path == tmp + "/tb.2" and stat.S_IMODE(os.stat(path).st_mode) == 0o666
 
 
 def _socket_inode(path):
@@ -685,6 +880,70 @@ def test_client_that_never_reads_holds_the_server_two_seconds_at_most(spawn, tmp
     assert dump["pid"] == worker.pid
     assert len(busy_frames(dump, "busy-19")) > 400
     assert waited < 2 + 4, "served after %.1fs" % waited
+
+
+def test_clients_that_never_read_hold_up_no_one(spawn, tmp, server):
+    """Issue 15, item 7: thirty clients ask for a dump larger than the socket's buffer
+    and never read.  Each used to hold the server its 2 s write timeout in turn, so
+    a client asking after them waited a minute; now their dumps wait for them side
+    by side, and it gets its own as soon as it is made."""
+    worker = spawn({"basename": tmp + "/tb.", "threads": 20, "depth": 400}, server)
+    stalled = []
+    try:
+        for number in range(30):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            stalled.append(client)
+            client.connect(worker.path)
+            client.sendall((b"json\n", b"gil-free json\n")[number % 2])
+        data = ask(worker.path, b"json\n", timeout=20)
+    finally:
+        for client in stalled:
+            client.close()
+    dump = json.loads(data)
+    assert dump["pid"] == worker.pid
+    assert len(busy_frames(dump, "busy-19")) > 400
+
+
+def test_bytes_past_the_request_never_reset_the_answer(spawn, tmp, server):
+    """Issue 15, item 9: the server closed with unread input (bytes sent after the
+    request, more than its drain took) and the kernel reset the connection: the
+    client could not tell a whole answer from a cut one.  Now it reads the whole
+    answer, then end of file, whatever it sent."""
+    worker = spawn({"basename": tmp + "/tb.", "threads": 20, "depth": 400}, server)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(worker.path)
+        client.sendall(b"json\n")
+        # The dump is larger than the socket's buffer: being written until we read.
+        assert select.select([client], [], [], 10)[0], "the answer never began"
+        sent = 0
+        for _ in range(64):  # as much as the socket takes
+            try:
+                sent += client.send(b"x" * 65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+        assert sent > 65536, "the socket took only %d bytes" % sent
+        data, end = read_to_the_end(client)
+    assert end == "end of file", "%s after %d bytes of the answer" % (end, len(data))
+    assert json.loads(data)["pid"] == worker.pid
+
+
+def test_a_fork_while_a_client_is_served_holds_back_no_end_of_file(spawn, tmp, server):
+    """Issue 15, item 8: a child forked while a client is served inherits the
+    connection; the client used to wait for the end of file until the child exited."""
+    worker = spawn({"basename": tmp + "/tb.", "threads": 20, "depth": 400}, server)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(worker.path)
+        client.sendall(b"json\n")
+        # The dump is larger than the socket's buffer: being written until we read.
+        assert select.select([client], [], [], 10)[0], "the answer never began"
+        worker.send("fork")
+        child = next(report for report in (worker.read(), worker.read()) if report.get("child"))
+        try:
+            data, end = read_to_the_end(client)
+        finally:
+            os.kill(child["pid"], signal.SIGUSR1)
+    assert end == "end of file", "%s while the child forked during the answer lives" % end
+    assert json.loads(data)["pid"] == worker.pid
 
 
 def test_a_hundred_concurrent_clients_are_all_served(spawn, tmp, server):
