@@ -104,6 +104,8 @@ def enable_tracebacker(basename, worker_id=None, *, mode=0o600, format="text"):
             raise ValueError("worker_id must be >= 0, not %d" % worker_id)
     if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
         raise ValueError("mode must be an int in 0..0o777, not %r" % (mode,))
+    if mode & 0o600 != 0o600:  # the worker's own user would be refused by its own socket
+        raise ValueError("mode must let its owner read and write (0o600 at least), not %#o" % mode)
     check_format(format)
     _check_path(basename + str(worker_id if worker_id is not None else 1))
     warn_if_fallback("enable_tracebacker()")
@@ -236,7 +238,9 @@ def _check_basename(basename):
         raise ValueError("basename is empty")
     if "\0" in basename:
         raise ValueError("basename contains a NUL byte: use '@name' for an abstract socket")
-    return basename
+    # Absolute from here on: a chdir between enable and disable (or exit) must not
+    # leave the socket and its lock file behind, nor remove another directory's.
+    return basename if basename.startswith("@") else os.path.abspath(basename)
 
 
 def _check_path(path):

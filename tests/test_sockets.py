@@ -1289,3 +1289,24 @@ def test_gunicorn_respawned_worker_takes_the_dead_ones_number(tmp, server, how,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.parametrize("mode", [0, 0o400, 0o200, 0o044])
+def test_a_mode_its_owner_cannot_use_is_refused(tmp, clean_state, mode):
+    with pytest.raises(ValueError, match=r"mode must let its owner read and write \(0o600 at least\)"):
+        sockets.enable_tracebacker(tmp + "/tb.", mode=mode)
+    assert os.listdir(tmp) == []
+
+
+def test_a_relative_basename_survives_a_chdir_and_leaves_nothing_behind(tmp, clean_state,
+                                                                       monkeypatch):
+    first, elsewhere = os.path.join(tmp, "here"), os.path.join(tmp, "elsewhere")
+    os.mkdir(first)
+    os.mkdir(elsewhere)
+    monkeypatch.chdir(first)
+    path = sockets.enable_tracebacker("tb.")
+    assert path == os.path.join(first, "tb.1")
+    os.chdir(elsewhere)
+    assert json.loads(ask(path, b"json\n"))["pid"] == os.getpid()
+    sockets.disable_tracebacker()
+    assert (os.listdir(first), os.listdir(elsewhere)) == ([], [])
