@@ -18,7 +18,8 @@ import struct
 import threading
 
 import tbfast
-from ._backend import HAS_CORE, warn_if_fallback
+from . import _fallback_watchdog
+from ._backend import HAS_CORE, impl, warn_if_fallback
 from ._limits import check_seconds
 
 # ident, nanoseconds stuck, kind, mailbox + 1 (0: none), spool file number (0: none)
@@ -129,16 +130,17 @@ def ensure_configured():
     _watchdog.ensure_configured()
 
 
-if HAS_CORE:
-    harakiri = tbfast._impl.HarakiriScope  # the class itself: entering one is a single C call
-else:
-    class harakiri(tbfast._impl.HarakiriScope):  # noqa: N801 - the same name as the core's
-        """The fallback's scope, which says once that an aborting deadline is not GIL-free."""
+class _FallbackHarakiri(_fallback_watchdog.HarakiriScope):
+    """The fallback's scope, which says once that an aborting deadline is not GIL-free."""
 
-        def __init__(self, seconds, action="log"):
-            super().__init__(seconds, action)
-            if action == "abort":
-                warn_if_fallback('harakiri(action="abort")')
+    def __init__(self, seconds, action="log"):
+        super().__init__(seconds, action)
+        if action == "abort":
+            warn_if_fallback('harakiri(action="abort")')
+
+
+# The core's class itself: entering one of its scopes is a single C call.
+harakiri = impl.HarakiriScope if HAS_CORE else _FallbackHarakiri
 
 
 def dump_traceback_later(timeout, repeat=False, file=None, exit=False):
