@@ -115,7 +115,7 @@ def _running_loops():
         return []
     run_forever = base_events.BaseEventLoop.run_forever.__code__
     loops = []
-    for frame in sys._current_frames().values():
+    for frame in _fallback.current_frames().values():
         for _ in range(MAX_FRAMES):
             if frame is None:
                 break

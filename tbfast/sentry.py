@@ -24,7 +24,6 @@ import json
 import linecache
 import logging
 import os
-import sys
 import sysconfig
 import tempfile
 import threading
@@ -37,6 +36,7 @@ from sentry_sdk.utils import BadDsn
 import tbfast
 import tbfast.spool
 import tbfast.watchdog
+from tbfast._fallback import current_frames
 from tbfast.saferepr import safe_repr
 
 FINGERPRINT_FRAMES = 5   # innermost frames of the stuck thread that name its issue
@@ -207,7 +207,7 @@ def event_from_dump(document, key):
     """The Sentry event (a dict, as sentry_sdk.capture_event takes) of one dump."""
     threads = document["threads"]
     crashed = _crashed(threads)
-    live = sys._current_frames() if _state.with_locals and document["pid"] == os.getpid() else {}
+    live = current_frames() if _state.with_locals and document["pid"] == os.getpid() else {}
     values = [{"id": thread["ident"], "name": thread["name"] or str(thread["ident"]),
                "crashed": thread is crashed, "current": thread["current"],
                "stacktrace": {"frames": _frames(thread, live.get(thread["ident"]))}}

@@ -253,6 +253,14 @@ def test_dump_traceback_later(tmp_path):
     assert result.returncode == 1 and b"trigger=timeout" in result.stderr
 
 
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")  # scripts/sanitize
+
+
+@pytest.mark.skipif(UNDER_ASAN, reason=(
+    "ASan's allocator (GCC 12's libsanitizer) has no fork handlers: a fork while the "
+    "threads configure() just started are inside it leaves the child's allocator lock "
+    "held, and the child's first thread hangs in AsanThread::Init (seen with gdb; 5 of 25 "
+    "runs); glibc's malloc, which production runs, locks itself around fork"))
 def test_watchdog_started_before_fork_fires_in_the_child():
     """A prefork server (uWSGI's master, gunicorn --preload) configures before it
     forks; the workers must still get a watchdog of their own."""
