@@ -17,12 +17,13 @@ import os
 import random
 import select
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from bench_roundtrip import read_socket
 
 WORKER = r'''
 import itertools, signal, sys, threading, tbfast
@@ -53,23 +54,6 @@ def read_document(fd, seconds=5.0):
     raise RuntimeError("no whole dump within %.0f s" % seconds)
 
 
-def ask(path, request):
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.settimeout(5)
-    chunks = []
-    try:
-        client.connect(path)
-        client.sendall(request)
-        while True:
-            chunk = client.recv(1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        client.close()
-    return json.loads(b"".join(chunks))
-
-
 def check(document):
     main = next(thread for thread in document["threads"] if thread["name"] == "MainThread")
     assert main["holds_gil"] and main["frames"][0]["function"] == "stuck_in_c", main
@@ -91,8 +75,8 @@ def main():
             return read_document(worker.stdout.fileno())
 
         ways = {"signal (C handler)": by_signal,
-                "socket, default request": lambda: ask(path, b"json\n"),
-                "socket, `gil-free`": lambda: ask(path, b"json gil-free\n")}
+                "socket, default request": lambda: json.loads(read_socket(path, request=b"json\n")),
+                "socket, `gil-free`": lambda: json.loads(read_socket(path, request=b"json gil-free\n"))}
         times = {name: [] for name in ways}
         order = list(ways)
         for _ in range(rounds):
