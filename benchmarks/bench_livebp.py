@@ -160,8 +160,8 @@ def loops():
     target = livebp.resolve("%s:%d" % (__name__, line_of(render_table, '"never"')))
 
     def armed_only(environ, start_response):
-        return livebp._LiveRequest(table_app, livebp._Probe(target, "raise"), environ,
-                                   start_response).run()
+        probe = livebp._Probe(target, "raise", livebp._hidden_strings(environ, SECRET))
+        return livebp._LiveRequest(table_app, probe, environ, start_response).run()
 
     return {
         "bare": (lambda n: serve_requests(table_app, ENVIRON, n), plain),
