@@ -160,7 +160,7 @@ def loops():
     target = livebp.resolve("%s:%d" % (__name__, line_of(render_table, '"never"')))
 
     def armed_only(environ, start_response):
-        probe = livebp._Probe(target, "raise", livebp._hidden_strings(environ, SECRET))
+        probe = livebp._Probe(target, "raise", livebp._hidden_strings(environ, middleware.secret))
         return livebp._LiveRequest(table_app, probe, environ, start_response).run()
 
     return {
