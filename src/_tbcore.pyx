@@ -18,6 +18,7 @@ include "_watchdog.pxi"
 
 import functools
 import os
+import struct
 
 cimport cython
 from tbfast import _limits
@@ -283,6 +284,31 @@ cdef void after_fork_in_child() noexcept nogil:
 pthread_atfork(NULL, NULL, after_fork_in_child)
 
 ACTIONS = {"log": ACTION_LOG, "raise": ACTION_RAISE, "abort": ACTION_ABORT}
+
+
+cdef check_constants():
+    """Refuses the core (ImportError) if a constant that C needs at compile time
+    drifted from its one source, tbfast/_limits.py, which the Python side reads."""
+    ours = {
+        "BAD_REQUEST": <bytes>BAD_REQUEST,
+        "SOCKET_WRITE_TIMEOUT": SOCKET_WRITE_MS / 1000,
+        "HARAKIRI_ACTIONS": tuple(sorted(ACTIONS, key=ACTIONS.get)),
+        "SCOPE_DEPTH": SCOPE_DEPTH,
+        "NOTIFY_RECORD": sizeof(NotifyRecord),
+        "KIND_HARAKIRI": ACTION_LOG,
+        "KIND_RAISE": ACTION_RAISE,
+        "KIND_SIGNAL": KIND_SIGNAL,
+    }
+    theirs = dict((name, getattr(_limits, name)) for name in ours)
+    theirs["NOTIFY_RECORD"] = struct.calcsize(theirs["NOTIFY_RECORD"])
+    drifted = [name for name in ours if ours[name] != theirs[name]]
+    if drifted:
+        raise ImportError("tbfast: the core was built with other constants than tbfast/_limits.py: "
+                          + ", ".join("%s %r, not %r" % (name, ours[name], theirs[name])
+                                      for name in drifted))
+
+
+check_constants()
 
 
 cdef long long seconds_to_ns(seconds, str what, bint zero_ok=False) except -1:

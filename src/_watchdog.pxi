@@ -72,6 +72,7 @@ cdef enum:
     KIND_SIGNAL = 2            # a record for the Python side: a signal dump to log (0 and 1 are actions)
     SPOOL_NAME_BYTES = 80
 
+ctypedef unsigned long long NotifyRecord[5]  # as tbfast._limits.NOTIFY_RECORD reads it
 cdef long long NEVER = 0x7FFFFFFFFFFFFFFF
 cdef long long RETRY_NS = 1000000
 
@@ -136,7 +137,7 @@ cdef void notify_python(unsigned long ident, long long stuck_ns, int kind, int m
     to the Python side (tbfast/watchdog.py), which logs, or raises in the thread,
     once Python can run.  `mailbox` is a dumper holding the dump for it, or -1;
     `spooled` the number of the dump's spool file, or 0."""
-    cdef unsigned long long record[5]
+    cdef NotifyRecord record
     record[0] = ident
     record[1] = <unsigned long long>stuck_ns
     record[2] = <unsigned long long>kind

@@ -19,7 +19,8 @@ import socket
 import time
 import weakref
 
-WRITE_TIMEOUT = 2.0
+from ._limits import SOCKET_WRITE_TIMEOUT as WRITE_TIMEOUT
+
 MAX_WAITING = 8
 DRAIN_READS = 1024  # of 4 KiB: a guard; after the shutdown the client can add nothing
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL  # a reader gone is EPIPE, not SIGPIPE

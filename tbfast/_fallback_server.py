@@ -33,14 +33,13 @@ import threading
 import time
 
 from ._answers import WRITE_TIMEOUT, Answers
-from ._limits import FORMATS, REQUEST_OPTIONS, check_format
+from ._limits import BAD_REQUEST, FORMATS, REQUEST_OPTIONS, check_format
 from .consistent import gil_dump
 
 MODE = "python"
 REQUEST_WAIT = 0.010
 REQUEST_LIMIT = 64
 THREAD_NAME = "tbfast-tracebacker"
-BAD_REQUEST = b"tbfast: bad request: expected [text|uwsgi|json] [locals] [gil-free]\n"
 
 _server = None
 

@@ -12,14 +12,9 @@ import struct
 import threading
 import time
 
-from ._limits import check_seconds
+from ._limits import HARAKIRI_ACTIONS as ACTIONS, KIND_SIGNAL, NOTIFY_RECORD, SCOPE_DEPTH, check_seconds
 
-_RECORD = struct.Struct("=5Q")  # as tbfast/watchdog.py reads it
-ACTIONS = ("log", "raise", "abort")
-KIND_SIGNAL = 2  # a signal dump for the logger, as the core's
-
-
-SCOPE_DEPTH = 16  # harakiri scopes one thread may nest, as in the core
+_RECORD = struct.Struct(NOTIFY_RECORD)
 
 
 def _nanoseconds(seconds, what, zero_ok=False):

@@ -15,6 +15,21 @@ RECURSIVE_CUTOFF = 3   # as traceback.StackSummary: 3 identical lines, then a co
 
 FORMATS = ("text", "uwsgi", "json")  # what every layer writes and accepts
 REQUEST_OPTIONS = ("locals", "gil-free")  # the socket request's other words
+# What both servers answer to a request they cannot read (docs/protocol.md#request).
+BAD_REQUEST = ("tbfast: bad request: expected [%s] %s\n" % (
+    "|".join(FORMATS), " ".join("[%s]" % option for option in REQUEST_OPTIONS))).encode()
+SOCKET_WRITE_TIMEOUT = 2.0  # a socket client that takes nothing this long loses the rest
+
+# Harakiri: the actions, in the order of the core's ACTION_* numbers, and how deep
+# one thread may nest scopes.
+HARAKIRI_ACTIONS = ("log", "raise", "abort")
+SCOPE_DEPTH = 16
+
+# The record the core's watchdog and signal handler send to tbfast/watchdog.py: the
+# thread's ident, nanoseconds stuck, kind, mailbox + 1 (0: none), spool file number
+# (0: none).  A kind of 0 or 1 is the harakiri action taken.
+NOTIFY_RECORD = "=5Q"
+KIND_HARAKIRI, KIND_RAISE, KIND_SIGNAL = 0, 1, 2
 
 
 def check_format(format):

@@ -20,11 +20,9 @@ import threading
 import tbfast
 from . import _fallback_watchdog
 from ._backend import HAS_CORE, impl, warn_if_fallback
-from ._limits import check_seconds
+from ._limits import KIND_HARAKIRI, KIND_RAISE, NOTIFY_RECORD, check_seconds
 
-# ident, nanoseconds stuck, kind, mailbox + 1 (0: none), spool file number (0: none)
-_RECORD = struct.Struct("=5Q")
-_KIND_HARAKIRI, _KIND_RAISE, _KIND_SIGNAL = 0, 1, 2
+_RECORD = struct.Struct(NOTIFY_RECORD)
 RETRY_SECONDS = 30.0  # between two tries of the spool files whose send failed
 
 
@@ -188,7 +186,7 @@ def _read_expiries(read_end, write_end, shipper):
         if len(record) < _RECORD.size:
             return
         ident, stuck_ns, kind, mailbox, spooled = _RECORD.unpack(record)
-        if kind == _KIND_RAISE:
+        if kind == KIND_RAISE:
             impl.raise_in_thread(ident, HarakiriError)
             continue
         dump = impl.take_mailbox(mailbox - 1).decode("utf-8", "replace") if mailbox else None
@@ -324,7 +322,7 @@ def _text_trigger(dump, kind):
     """The trigger in a text dump's header (the uwsgi format has none)."""
     if dump.startswith("tbfast dump: ") and " trigger=" in dump:
         return dump.split(" trigger=", 1)[1].split(" ", 1)[0]
-    return "harakiri" if kind == _KIND_HARAKIRI else "signal"
+    return "harakiri" if kind == KIND_HARAKIRI else "signal"
 
 
 def _text_context(dump, ident):
@@ -348,7 +346,7 @@ def log_fields(kind, ident, stuck_ns, dump, document, json, spooled=None, orphan
         stuck = thread.get("stuck_seconds")
         trigger = document["trigger"]
     else:
-        stuck = stuck_ns / 1e9 if kind == _KIND_HARAKIRI else None
+        stuck = stuck_ns / 1e9 if kind == KIND_HARAKIRI else None
         trigger = document["trigger"] if document is not None else _text_trigger(dump, kind)
     live = threading._active.get(ident) if not orphan else None
     name = thread.get("name") or (live.name if live is not None else None)

@@ -48,6 +48,23 @@ def test_a_matching_layout_keeps_the_core_without_a_word():
     assert (code, out, err) == (0, "core None\n", "")
 
 
+@needs_core
+@pytest.mark.parametrize("name, value", [("SCOPE_DEPTH", "17"), ("NOTIFY_RECORD", "'=4Q'"),
+                                         ("BAD_REQUEST", "b'bad'"), ("KIND_SIGNAL", "7")])
+def test_a_constant_drifted_from_limits_refuses_the_core_naming_it(tmp_path, name, value):
+    shutil.copytree(os.path.dirname(tbfast.__file__), tmp_path / "tbfast",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / "tbfast" / "_limits.py", "a") as limits:
+        limits.write("\n%s = %s\n" % (name, value))
+    script = ("import warnings; warnings.simplefilter('always')\n"
+              "import tbfast\n"
+              "print(tbfast.MODE)\n")
+    code, out, err = run(script, PYTHONPATH=str(tmp_path))
+    assert (code, out) == (0, "python\n"), err
+    warnings = [line for line in err.splitlines() if "RuntimeWarning" in line]
+    assert len(warnings) == 1 and "other constants than tbfast/_limits.py: %s" % name in warnings[0], err
+
+
 def without_core(tmp_path):
     """An environment whose tbfast is the installed one less its core: as a failed build."""
     shutil.copytree(os.path.dirname(tbfast.__file__), tmp_path / "tbfast",
