@@ -22,6 +22,7 @@ cdef enum:
     FORMAT_TEXT = 0
     FORMAT_UWSGI = 1
     FORMAT_JSON = 2
+    FORMAT_FAULTHANDLER = 3
     DUMPER_COUNT = 6             # dumps that may run at once (signal, socket and 2 waiting
                                  # for their clients, watchdog, API)
     FRAME_CACHE_SIZE = 4096      # power of two

@@ -33,6 +33,8 @@ cdef struct DumpRequest:
     int gil_wait_ms            # a socket dump that waited this long for the GIL in vain; -1: none
     bint locals                # each frame's locals too (text and json)
     unsigned long excluded_ident  # a thread left out (the consistent thread), 0 for none
+    const char *preamble       # faulthandler's format: what comes before the threads
+    int max_threads            # faulthandler's format: threads shown before "..." (0: all)
 
 
 cdef void request_init(DumpRequest *request, PyInterpreterState *interp, const char *trigger,
@@ -49,6 +51,8 @@ cdef void request_init(DumpRequest *request, PyInterpreterState *interp, const c
     request.gil_wait_ms = -1
     request.locals = False
     request.excluded_ident = handover.thread_ident  # tbfast's own Python thread, or 0
+    request.preamble = b""
+    request.max_threads = 0
 
 
 # ---------------------------------------------------------------- source lines
@@ -625,6 +629,9 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
     cdef long threads = 0, walked = 0
     cdef unsigned long holder_ident = 0  # read under the guard, as every thread's ident
     cdef timespec started
+    if d.format == FORMAT_FAULTHANDLER:
+        dump_faulthandler(d, request)
+        return
     clock_gettime(CLOCK_REALTIME, &started)
     d.locals = request.locals and d.format != FORMAT_UWSGI
     tb_fault_guard_ensure()

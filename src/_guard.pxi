@@ -9,6 +9,8 @@
 # that was reused and holds plausible garbage; those are caught, where they can
 # be, by the type checks and loop caps of the walk itself.
 
+from posix.signal cimport siginfo_t
+
 cdef extern from *:
     """
     #include <setjmp.h>
@@ -24,10 +26,12 @@ cdef extern from *:
     #define TB_GUARDS 8  /* one per dumper, with room */
     static tb_guard tb_guards[TB_GUARDS];
     static struct sigaction tb_fault_previous[2];  /* SIGSEGV, SIGBUS */
+    /* The crash handler (_crash.pxi), for a fault outside any guarded call; NULL: none. */
+    static void (*tb_crash_hook)(int, siginfo_t *, void *) = NULL;
 
     /* Signal safe: a fault inside a guarded call jumps back to it; any other goes to
-       the handler we replaced (a default action returns with it restored, so the
-       faulting instruction runs again and takes it). */
+       the crash handler if enabled, else to the handler we replaced (a default
+       action is restored and the signal raised again). */
     static void tb_on_fault(int signum, siginfo_t *info, void *context) {
         pthread_t self = pthread_self();
         for (int i = 0; i < TB_GUARDS; i++) {
@@ -36,6 +40,10 @@ cdef extern from *:
                 siglongjmp(tb_guards[i].jump, 1);
             }
         }
+        if (tb_crash_hook != NULL) {
+            tb_crash_hook(signum, info, context);
+            return;
+        }
         struct sigaction *previous = &tb_fault_previous[signum == SIGBUS];
         if (previous->sa_flags & SA_SIGINFO) {
             previous->sa_sigaction(signum, info, context);
@@ -43,6 +51,9 @@ cdef extern from *:
             previous->sa_handler(signum);
         } else {
             sigaction(signum, previous, NULL);
+            if (previous->sa_handler == SIG_DFL) {
+                raise(signum);  /* a raise()d fault has no instruction to run again */
+            }
         }
     }
 
@@ -69,6 +80,12 @@ cdef extern from *:
     #endif
     }
 
+    /* Signal safe: the handler the guard replaced goes back in front of `signum`
+       (a crash handed on to it). */
+    static void tb_fault_guard_release(int signum) {
+        sigaction(signum, &tb_fault_previous[signum == SIGBUS], NULL);
+    }
+
     typedef void (*tb_guarded_fn)(void *argument);
 
     /* Signal safe: fn(argument); 0, or -1 when it faulted and was abandoned. */
@@ -92,6 +109,8 @@ cdef extern from *:
     """
     ctypedef void (*tb_guarded_fn)(void *argument) noexcept nogil
     void tb_fault_guard_ensure() nogil
+    void tb_fault_guard_release(int signum) nogil
+    void (*tb_crash_hook)(int, siginfo_t *, void *) noexcept nogil
     int tb_guarded_call(int index, tb_guarded_fn fn, void *argument) nogil
 
 

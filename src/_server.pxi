@@ -97,7 +97,7 @@ cdef struct Handover:
 
 cdef Server server
 cdef Handover handover
-cdef const char *BAD_REQUEST = b"tbfast: bad request: expected [text|uwsgi|json] [locals] [gil-free]\n"
+cdef const char *BAD_REQUEST = b"tbfast: bad request: expected [text|uwsgi|json|faulthandler] [locals] [gil-free]\n"
 
 cdef extern from *:
     """
@@ -173,6 +173,8 @@ cdef int request_word(const char *word, Py_ssize_t length) noexcept nogil:
         return FORMAT_UWSGI
     if request_is(word, length, b"json"):
         return FORMAT_JSON
+    if request_is(word, length, b"faulthandler"):
+        return FORMAT_FAULTHANDLER
     if request_is(word, length, b"locals"):
         return OPTION_BASE + OPTION_LOCALS
     if request_is(word, length, b"gil-free"):

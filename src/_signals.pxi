@@ -17,6 +17,7 @@ cdef struct SignalSlot:
     bint all_threads
     bint chain
     int format
+    int max_threads            # faulthandler's format: threads before "..." (0: all)
     bint log                   # also spooled and handed to the `tbfast` logger (_watchdog.pxi)
     char trigger[48]
     sigaction_t previous
@@ -32,6 +33,7 @@ cdef void on_signal(int signum, siginfo_t *info, void *context) noexcept nogil:
     cdef DumpRequest request
     request_init(&request, signal_interp, slot.trigger, tb_thread_self(), False)
     request.all_threads = slot.all_threads
+    request.max_threads = slot.max_threads
     if slot.log:
         hand_to_python(&request, slot.format, &slot.sink, request.current_ident, 0, KIND_SIGNAL)
     else:
@@ -82,7 +84,7 @@ cdef void chain_previous(int signum, siginfo_t *info, void *context, SignalSlot 
 
 
 cdef int signal_install(int signum, int fd, bint all_threads, bint chain, int format,
-                        bytes trigger, bint log) except -1:
+                        bytes trigger, bint log, int max_threads) except -1:
     """Installs (or updates) the handler for one signal.  GIL held."""
     cdef SignalSlot *slot = &signal_slots[signum]
     cdef sigaction_t action
@@ -97,6 +99,7 @@ cdef int signal_install(int signum, int fd, bint all_threads, bint chain, int fo
     slot.all_threads = all_threads
     slot.chain = chain
     slot.format = format
+    slot.max_threads = max_threads
     slot.log = log
     sigemptyset(&action.sa_mask)
     action.sa_sigaction = <void (*)(int, siginfo_t *, void *) noexcept nogil>on_signal

@@ -10,11 +10,13 @@ include "_interp.pxi"
 include "_buffer.pxi"
 include "_threads.pxi"
 include "_format.pxi"
+include "_faulthandler.pxi"
 include "_locals.pxi"
 include "_guard.pxi"
 include "_signals.pxi"
 include "_server.pxi"
 include "_watchdog.pxi"
+include "_crash.pxi"
 
 import functools
 import os
@@ -57,7 +59,8 @@ MODE = "core"
 cdef enum:
     API_WRITE_MS = 60000  # the caller's own fd: wait as a blocking write would, but not forever
 cdef const char *DUMP_SKIPPED = b"tbfast: dump skipped, every dump buffer is in use\n"
-FORMATS = {"text": FORMAT_TEXT, "uwsgi": FORMAT_UWSGI, "json": FORMAT_JSON}
+FORMATS = {"text": FORMAT_TEXT, "uwsgi": FORMAT_UWSGI, "json": FORMAT_JSON,
+           "faulthandler": FORMAT_FAULTHANDLER}
 
 
 class DumpSkipped(RuntimeError):
@@ -89,7 +92,8 @@ cdef int dump_to_sink(Sink *sink, DumpRequest *request, int format, int timeout_
 
 
 cdef Dumper *dump_with_gil(bint all_threads, str fmt, int skip, str trigger,
-                           bint exclude_self=False, bint locals=False) except NULL:
+                           bint exclude_self=False, bint locals=False,
+                           int max_threads=0) except NULL:
     """A dump taken by the calling thread, which holds the GIL, so the walk is exact;
     `exclude_self` leaves the calling thread out.  The caller releases the dumper."""
     cdef int format = FORMATS[fmt]
@@ -104,26 +108,30 @@ cdef Dumper *dump_with_gil(bint all_threads, str fmt, int skip, str trigger,
     if exclude_self:
         request.excluded_ident = request.current_ident
     request.locals = locals
+    request.max_threads = max_threads
     dumper_start(d, format)
     dump(d, &request)
     return d
 
 
 def format_dump(bint all_threads, str fmt, int skip, str trigger="api", bint exclude_self=False,
-                bint locals=False):
+                bint locals=False, int max_threads=0):
     """The dump as bytes; `skip` frames of the caller's are left out, or all of them
-    with `exclude_self`; `locals` adds each frame's (the values read without code)."""
-    cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger, exclude_self, locals)
+    with `exclude_self`; `locals` adds each frame's (the values read without code);
+    `max_threads` caps faulthandler's format as its own does (0: no cap)."""
+    cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger, exclude_self, locals,
+                                   max_threads)
     try:
         return d.buf[d.start:d.length]
     finally:
         tb_release(&d.busy)
 
 
-def dump_to_fd(int fd, bint all_threads, str fmt, int skip, str trigger="api", bint locals=False):
+def dump_to_fd(int fd, bint all_threads, str fmt, int skip, str trigger="api", bint locals=False,
+               int max_threads=0):
     """Walks with the GIL, then writes without it: a reader in this same process
     can drain a pipe meanwhile."""
-    cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger, False, locals)
+    cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger, False, locals, max_threads)
     cdef int error
     with nogil:
         error = write_dump(d, fd, API_WRITE_MS)
@@ -415,9 +423,14 @@ def raise_in_thread(unsigned long ident, exception):
     return PyThreadState_SetAsyncExc(ident, <PyObject *>exception)
 
 
-def dump_later(timeout, bint repeat, int fd, bint exit):
-    """faulthandler.dump_traceback_later, on the watchdog thread."""
+def dump_later(timeout, bint repeat, int fd, bint exit, str fmt="text", bytes preamble=b"",
+               int max_threads=0):
+    """faulthandler.dump_traceback_later, on the watchdog thread; `preamble` goes
+    before the threads in faulthandler's format."""
     cdef long long interval = seconds_to_ns(timeout, "timeout")
+    set_text(watchdog.later_preamble, preamble)
+    watchdog.later_format = FORMATS[fmt]
+    watchdog.later_max_threads = max_threads
     watchdog.later_sink.fd = fd
     watchdog.later_sink.stalled = False
     watchdog.later_exit = exit
@@ -436,10 +449,43 @@ cdef extern from "Python.h":
 
 
 def register(int signum, int fd, bint all_threads, bint chain, str fmt, str signame,
-             bint log=False):
+             bint log=False, int max_threads=0):
     """log: also spool the dump and hand it to the watchdog's Python side (its pipe)."""
     signal_install(signum, fd, all_threads, chain, FORMATS[fmt], ("signal:" + signame).encode(),
-                   log)
+                   log, max_threads)
+
+
+def crash_enable(int fd, str fmt, bint all_threads, bint c_stack, int max_threads, preambles,
+                 triggers):
+    """The crash handler for SIGBUS, SIGILL, SIGFPE, SIGABRT and SIGSEGV (that order,
+    as `preambles` and `triggers` give each its text); `c_stack` adds the crashing
+    thread's C stack to faulthandler's format."""
+    crash_install(fd, FORMATS[fmt], all_threads, c_stack, max_threads, preambles, triggers)
+
+
+def crash_disable():
+    """False if the crash handler was not enabled."""
+    return crash_uninstall()
+
+
+def crash_enabled():
+    return crash.enabled
+
+
+def dump_c_stack(int fd):
+    """faulthandler.dump_c_stack: the calling thread's C stack, in one write."""
+    cdef Dumper *d = dumper_acquire()
+    cdef int error
+    if d == NULL:
+        raise DumpSkipped(DUMP_SKIPPED.decode().rstrip("\n"))
+    c_stack_prepare()
+    dumper_start(d, FORMAT_FAULTHANDLER)
+    emit_c_stack(d)
+    with nogil:
+        error = write_dump(d, fd, API_WRITE_MS)
+        tb_release(&d.busy)
+    if error:
+        raise OSError(error, "tbfast: writing the C stack to fd %d failed" % fd)
 
 
 def spool_configure(int dir_fd, unsigned int found, unsigned int max_count,

@@ -94,6 +94,9 @@ cdef struct Watchdog:
     long long later_interval_ns  # 0: once
     Sink later_sink
     bint later_exit
+    int later_format
+    int later_max_threads
+    char later_preamble[64]      # faulthandler's "Timeout (0:00:01)!\n"
 
 cdef Watchdog watchdog
 
@@ -285,7 +288,9 @@ cdef long long check_later(long long now) noexcept nogil:
     if now < deadline:
         return deadline
     request_init(&request, watchdog.interp, b"timeout", 0, False)
-    dump_to_sink(&watchdog.later_sink, &request, FORMAT_TEXT, SIGNAL_WRITE_MS)
+    request.preamble = watchdog.later_preamble
+    request.max_threads = watchdog.later_max_threads
+    dump_to_sink(&watchdog.later_sink, &request, watchdog.later_format, SIGNAL_WRITE_MS)
     if watchdog.later_exit:
         _exit(1)
     if watchdog.later_interval_ns:

@@ -31,9 +31,8 @@
    the internal headers define their own. */
 #undef _PyGC_FINALIZED
 #include <internal/pycore_frame.h>   /* 3.14+: includes pycore_interpframe_structs.h */
-#if PY_VERSION_HEX >= 0x030C0000
-#  include <internal/pycore_interp.h>
-#endif
+#include <internal/pycore_interp.h>
+#include <internal/pycore_moduleobject.h>  /* PyModuleObject: faulthandler's extension list */
 #include <internal/pycore_runtime.h>    /* _PyRuntime: the 3.11 GIL, 3.13+ debug offsets */
 #if PY_VERSION_HEX >= 0x030E0000
 #  include <internal/pycore_code.h>      /* _PyCode_CODE, CO_FAST_*: no longer via pycore_frame.h */
@@ -256,6 +255,59 @@ static inline TB_RACY PyThreadState *tb_gil_holder(PyInterpreterState *interp) {
     PyThreadState *holder = (PyThreadState *)_Py_atomic_load_relaxed(&gil->last_holder);
 #endif
     return locked > 0 ? holder : NULL;
+}
+
+/* ---- faulthandler's format, as each version writes it (Python/traceback.c) ---- */
+
+#define TB_FAULTHANDLER_ELLIPSIS (PY_VERSION_HEX < 0x030D0000)       /* "  ..." past 100 frames */
+#define TB_FAULTHANDLER_COUNTS_HIDDEN (PY_VERSION_HEX >= 0x030E0000)  /* trampolines count */
+#define TB_FAULTHANDLER_THREAD_NAMES (PY_VERSION_HEX >= 0x030E0000)
+#define TB_FAULTHANDLER_PACKAGE_FILTER (PY_VERSION_HEX >= 0x030F0000)  /* json.x is stdlib */
+
+/* Signal safe: whether the interpreter is in a garbage collection. */
+static inline TB_RACY int tb_gc_collecting(PyInterpreterState *interp) {
+    return interp->gc.collecting;
+}
+
+/* Signal safe: sys.modules and sys.__dict__, as the interpreter holds them. */
+static inline TB_RACY PyObject *tb_modules_dict(PyInterpreterState *interp) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return interp->imports.modules;
+#else
+    return interp->modules;
+#endif
+}
+
+static inline TB_RACY PyObject *tb_sys_dict(PyInterpreterState *interp) {
+    return interp->sysdict;
+}
+
+/* Signal safe: CPython's _PyModule_IsExtension, which is not exported: a module
+   made from a definition with methods, as C extensions are. */
+static inline TB_RACY int tb_is_extension_module(PyObject *object) {
+    if (!PyModule_Check(object)) {
+        return 0;
+    }
+#if PY_VERSION_HEX >= 0x030F0000
+    PyModuleObject *module = (PyModuleObject *)object;
+    PyModuleDef *definition = module->md_token_is_def ? (PyModuleDef *)module->md_token : NULL;
+#else
+    PyModuleDef *definition = ((PyModuleObject *)object)->md_def;
+#endif
+    return definition != NULL && definition->m_methods != NULL;
+}
+
+/* Signal safe: the next str in a set's table from *position on (CPython's
+   _PySet_NextEntry, without its references), or NULL at the end. */
+static inline TB_RACY PyObject *tb_set_next_str(PyObject *set, Py_ssize_t *position) {
+    PySetObject *table = (PySetObject *)set;
+    while (*position <= table->mask) {
+        PyObject *key = table->table[(*position)++].key;
+        if (key != NULL && PyUnicode_Check(key)) {  /* the dummy of a removed key is no str */
+            return key;
+        }
+    }
+    return NULL;
 }
 
 /* ---- locals, for dumps that show them: read, never run (no __repr__) ---- */

@@ -13,7 +13,7 @@ NAME_LIMIT = 200
 CONTEXT_LIMIT = 500
 RECURSIVE_CUTOFF = 3   # as traceback.StackSummary: 3 identical lines, then a count
 
-FORMATS = ("text", "uwsgi", "json")  # what every layer writes and accepts
+FORMATS = ("text", "uwsgi", "json", "faulthandler")  # what every layer writes and accepts
 REQUEST_OPTIONS = ("locals", "gil-free")  # the socket request's other words
 # What both servers answer to a request they cannot read (docs/protocol.md#request).
 BAD_REQUEST = ("tbfast: bad request: expected [%s] %s\n" % (
