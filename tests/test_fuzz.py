@@ -1,4 +1,4 @@
-"""Issue #9, item 5: fuzzing with hypothesis.  The socket's request parser gets
+"""Fuzzing with hypothesis.  The socket's request parser gets
 random bytes, lines, partial and slow sends; the Python API's format options and
 the CLI's arguments get arbitrary values.  Every input gets a dump or one clean
 error, never a crash or a hang, and the server keeps serving after each."""
@@ -73,7 +73,7 @@ def exchange(path, chunks, pause, shut, read):
                 answer += chunk
         except ConnectionResetError:
             # Whatever and whenever a client sends, it reads the whole answer, then end
-            # of file (issue 15, item 9).
+            # of file: a reset would leave it unable to tell a whole answer from a cut one.
             pytest.fail("the server reset the connection after %r" % (answer[:200],))
     client.close()
     return answer

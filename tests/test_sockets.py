@@ -504,8 +504,8 @@ def test_a_file_that_is_not_a_socket_is_left_alone(tmp, clean_state):
 
 def test_another_users_slot_is_skipped_with_a_warning_naming_it(tmp, clean_state, other_user,
                                                                tbfast_log):
-    """Issue 15, item 7: another user who takes slot 1 first used to push the worker to
-    slot 2 without a word."""
+    """Another user who takes slot 1 first pushes the worker to slot 2, and the
+    warning says so, naming that user."""
     os.chmod(tmp, 0o1777)  # as /tmp: anyone makes files, only their owner removes them
     with served_by(other_user, tmp + "/tb.1", b"tbfast dump: pid=1 (fake)\n", lock=True):
         assert sockets.enable_tracebacker(tmp + "/tb.") == tmp + "/tb.2"
@@ -527,7 +527,8 @@ def test_another_users_abstract_name_is_skipped_with_a_warning(clean_state, othe
 
 @pytest.mark.parametrize("odd", ["directory", "symlink"])
 def test_an_odd_lock_file_is_skipped_with_a_warning(tmp, clean_state, tbfast_log, odd):
-    """Issue 15, item 7: a directory at tb.1.lock raised IsADirectoryError."""
+    """A directory or a symlink at tb.1.lock is skipped with a warning, and raises
+    nothing."""
     if odd == "directory":
         os.mkdir(tmp + "/tb.1.lock")
     else:
@@ -540,8 +541,8 @@ def test_an_odd_lock_file_is_skipped_with_a_warning(tmp, clean_state, tbfast_log
 
 
 def test_a_directory_others_may_write_to_is_warned_about(tmp, clean_state, tbfast_log):
-    """Issue 15, item 4: in a directory others may write to, without the sticky bit,
-    they can swap the socket or its lock file for something of theirs."""
+    """A directory others may write to, without the sticky bit, is warned about: they
+    can swap the socket or its lock file for something of theirs."""
     os.chmod(tmp, 0o777)
     sockets.enable_tracebacker(tmp + "/tb.")
     assert warnings_of(tbfast_log) == [
@@ -570,10 +571,10 @@ def test_socket_is_0600_from_the_start_and_the_umask_is_untouched(tmp, clean_sta
 
 
 def test_no_mode_is_ever_given_through_a_symlink(tmp, clean_state, monkeypatch):
-    """Issue 15, item 4: the umask takes bits off the mode asked for, so the socket is
-    given its mode after bind().  That chmod followed a symlink swapped in for the
-    socket meanwhile (by another user, in a directory others may write to): a
-    root-owned 0600 file became 0666."""
+    """The umask takes bits off the mode asked for, so the socket is given its mode
+    after bind(); that never follows a symlink swapped in for the socket meanwhile
+    (by another user, in a directory others may write to), which would make a
+    root-owned 0600 file 0666."""
     victim = tmp + "/victim"
     with open(victim, "w") as file:
         file.write("root's")
@@ -883,10 +884,9 @@ def test_client_that_never_reads_holds_the_server_two_seconds_at_most(spawn, tmp
 
 
 def test_clients_that_never_read_hold_up_no_one(spawn, tmp, server):
-    """Issue 15, item 7: thirty clients ask for a dump larger than the socket's buffer
-    and never read.  Each used to hold the server its 2 s write timeout in turn, so
-    a client asking after them waited a minute; now their dumps wait for them side
-    by side, and it gets its own as soon as it is made."""
+    """Thirty clients ask for a dump larger than the socket's buffer and never read.
+    Their dumps wait for them side by side, not each holding the server its 2 s write
+    timeout in turn: a client asking after them gets its own as soon as it is made."""
     worker = spawn({"basename": tmp + "/tb.", "threads": 20, "depth": 400}, server)
     stalled = []
     try:
@@ -905,10 +905,10 @@ def test_clients_that_never_read_hold_up_no_one(spawn, tmp, server):
 
 
 def test_bytes_past_the_request_never_reset_the_answer(spawn, tmp, server):
-    """Issue 15, item 9: the server closed with unread input (bytes sent after the
-    request, more than its drain took) and the kernel reset the connection: the
-    client could not tell a whole answer from a cut one.  Now it reads the whole
-    answer, then end of file, whatever it sent."""
+    """A client that sends bytes after its request, more than the server drains,
+    still reads the whole answer and then end of file: a close with unread input
+    would make the kernel reset the connection, and a reset answer cannot be told
+    from a cut one."""
     worker = spawn({"basename": tmp + "/tb.", "threads": 20, "depth": 400}, server)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.connect(worker.path)
@@ -928,8 +928,8 @@ def test_bytes_past_the_request_never_reset_the_answer(spawn, tmp, server):
 
 
 def test_a_fork_while_a_client_is_served_holds_back_no_end_of_file(spawn, tmp, server):
-    """Issue 15, item 8: a child forked while a client is served inherits the
-    connection; the client used to wait for the end of file until the child exited."""
+    """A child forked while a client is served inherits the connection, and the
+    client still gets its end of file when the answer ends, not when the child exits."""
     worker = spawn({"basename": tmp + "/tb.", "threads": 20, "depth": 400}, server)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.connect(worker.path)

@@ -1,5 +1,5 @@
-"""The peer check of issue 3: on one app with one request stuck holding the GIL,
-tbfast's socket answers and uWSGI's own --py-tracebacker does not."""
+"""tbfast beside its peer, uWSGI's own --py-tracebacker: on one app with one request
+stuck holding the GIL, tbfast's socket answers and uWSGI's does not."""
 
 import os
 import shutil
