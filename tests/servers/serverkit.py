@@ -472,3 +472,11 @@ def uwsgi_binary():
     """uwsgi beside this python (a venv's), else on PATH; None when there is none."""
     return (shutil.which("uwsgi", path=os.path.dirname(sys.executable))
             or shutil.which("uwsgi"))
+
+
+def no_control_socket():
+    """gunicorn's option to open no control socket, where it has one: from 25 on it
+    opens ~/.gunicorn/gunicorn.ctl unless told not to."""
+    from gunicorn.config import KNOWN_SETTINGS  # here: only the gunicorn tests have gunicorn
+    return (["--no-control-socket"] if any(setting.name == "control_socket_disable"
+                                            for setting in KNOWN_SETTINGS) else [])
