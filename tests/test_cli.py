@@ -16,15 +16,10 @@ import pytest
 import tbfast
 from tbfast import cli
 from conftest import needs_core
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_sockets as shared  # noqa: E402 - the workers and fixtures of the socket tests
-
-ROOT, worker_env = shared.ROOT, shared.worker_env
-# Fixtures, taken by name by the tests below.
-script, tmp, spawn, server, autostart_python, other_user = (
-    shared.script, shared.tmp, shared.spawn, shared.server, shared.autostart_python,
-    shared.other_user)
+# autostart_python, other_user, script, server, spawn and tmp: fixtures, taken by name.
+from workerkit import (  # noqa: F401
+    ROOT, autostart_python, end_connection, other_user, script, served_by, server, spawn, tmp,
+    worker_env)
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "tbfast")
 
@@ -249,7 +244,7 @@ def fake_server(path, answer, close=True):
             except OSError:
                 pass  # the reader stopped reading and left
             if close:
-                shared.end_connection(client)
+                end_connection(client)
             else:
                 kept.append(client)
 
@@ -321,7 +316,7 @@ def test_a_server_of_another_user_is_refused_unless_allowed(tmp, other_user):
     names that user or --any-owner is given."""
     os.chmod(tmp, 0o1777)
     fake = b"tbfast dump: pid=1 (not your worker)\n"
-    with shared.served_by(other_user, tmp + "/tb.1", fake):
+    with served_by(other_user, tmp + "/tb.1", fake):
         status, out, err = run_bytes("connect-and-read", tmp + "/tb.1")
         assert (status, out) == (1, b"")
         assert err.decode() == (
