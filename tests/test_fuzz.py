@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tbfast
 from stress_worker import Malformed, check, figures, format_of
+from workerkit import read_until_closed
 
 BAD_REQUEST = b"tbfast: bad request: expected [text|uwsgi|json] [locals] [gil-free]\n"  # as a client reads it
 REQUEST_MAX = 64
@@ -65,16 +66,11 @@ def exchange(path, chunks, pause, shut, read):
         pass  # the server answered and closed before we were done: read what it said
     answer = b""
     if read:
-        try:
-            while True:
-                chunk = client.recv(1 << 20)
-                if not chunk:
-                    break
-                answer += chunk
-        except ConnectionResetError:
-            # Whatever and whenever a client sends, it reads the whole answer, then end
-            # of file: a reset would leave it unable to tell a whole answer from a cut one.
-            pytest.fail("the server reset the connection after %r" % (answer[:200],))
+        answer, ending = read_until_closed(client, 10)
+        # Whatever and whenever a client sends, it reads the whole answer, then end of
+        # file: a reset would leave it unable to tell a whole answer from a cut one.
+        if ending != "end of file":
+            pytest.fail("%s after %r" % (ending, answer[:200]))
     client.close()
     return answer
 
