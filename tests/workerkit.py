@@ -163,11 +163,13 @@ def server(request):
 
 
 def worker_env(server=None, **extra):
+    """This environment without TBFAST_* (nothing inherited by accident), the fallback
+    for server="python", and `extra`, each value as a string."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("TBFAST_")}
     if server == "python":
         env["TBFAST_NO_EXTENSIONS"] = "1"
-    env.update(extra)
+    env.update({key: str(value) for key, value in extra.items()})
     return env
 
 

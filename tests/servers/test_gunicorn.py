@@ -15,7 +15,8 @@ import pytest
 
 from serverkit import (  # noqa: F401 - budget and launch are fixtures
     CLOSED_WITHOUT_ANSWER, Request, app_frames, budget, context_of, find_dump, get, launch,
-    log_index, no_control_socket, regex_length, request_id, server_env)
+    log_index, no_control_socket, regex_length, request_id)
+from workerkit import worker_env
 
 pytestmark = pytest.mark.servers
 pytest.importorskip("gunicorn")
@@ -26,7 +27,7 @@ def start_gunicorn(launch, budget, options, **env):
     server = launch([sys.executable, "-m", "gunicorn", "-c", "python:tbfast.gunicorn",
                      "--bind", "unix:{socket}", "--workers", "1", "--error-logfile", "-",
                      *NO_CONTROL_SOCKET, *options, "app:application"],
-                    server_env(**env))
+                    worker_env(**env))
     return server, server.wait_ready(budget)["pid"]
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from serverkit import no_control_socket
+from serverkit import no_control_socket, stop
 # autostart_python, server and tmp: fixtures, taken by name.
 from workerkit import ask, autostart_python, server, tmp, worker_env  # noqa: F401
 
@@ -75,9 +75,4 @@ def test_gunicorn_respawned_worker_takes_the_dead_ones_number(tmp, server, how,
         assert served_pids(paths[1:]) == {paths[1]: pids[paths[1]]}
         assert not os.path.exists(tmp + "/tb.%d" % (len(paths) + 1))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc, signal.SIGTERM, 20)

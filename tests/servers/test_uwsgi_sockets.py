@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from serverkit import uwsgi_binary
+from serverkit import stop, uwsgi_binary
 # autostart_python, server and tmp: fixtures, taken by name.
 from workerkit import ask, autostart_python, server, tmp, worker_env  # noqa: F401
 
@@ -59,12 +59,7 @@ def uwsgi_worker_dumps(proc, base, workers=2):
 
 
 def stop_uwsgi(proc):
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    stop(proc, signal.SIGINT, 15)
     proc.stderr.close()
 
 
