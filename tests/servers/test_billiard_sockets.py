@@ -10,6 +10,8 @@ import pytest
 # tmp: a fixture, taken by name.
 from workerkit import tmp, worker_env  # noqa: F401
 
+pytestmark = pytest.mark.servers  # billiard comes with Celery, in the servers stage's venv
+
 BILLIARD_SCRIPT = r'''
 import json, sys
 import billiard
