@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import re
-import stat
 import time
 
 from ._backend import impl
