@@ -6,76 +6,34 @@ The C core is used when it was built; otherwise, or with TBFAST_NO_EXTENSIONS=1,
 the pure-Python fallback gives the same output whenever the GIL can be taken.
 """
 
-import errno
-import os
+import os as _os
 import signal as _signal
-import sys
 
-from . import _fallback, _limits
+from . import _limits, _names, _pyformat, _pywrite, watchdog
+from ._backend import CAPABILITIES as _CAPABILITIES, FALLBACK_REASON, HAS_CORE, MODE
+from ._backend import impl as _impl, warn_if_fallback as _warn_if_fallback
+from ._fds import fd_of as _fd_of
 from ._limits import FORMATS, check_format as _check_format
+from .saferepr import safe_repr  # dumps with locals come from the Python formatter (the GIL)
+from .sockets import disable_tracebacker, enable_tracebacker
+from .watchdog import HarakiriError, cancel_dump_traceback_later, dump_traceback_later, harakiri
 
 __all__ = [
     "HAS_CORE", "MODE", "FALLBACK_REASON", "FORMATS", "dump_traceback", "format_traceback", "register",
     "unregister", "set_context", "get_context", "configure", "harakiri", "HarakiriError",
     "dump_traceback_later", "cancel_dump_traceback_later", "Breakpoint",
+    "enable_tracebacker", "disable_tracebacker",
 ]
 __version__ = "0.1.0"
 
 MIN_BUFFER_SIZE = 4096
 
-from ._backend import FALLBACK_REASON, HAS_CORE, MODE, impl as _impl, warn_if_fallback
-
-if HAS_CORE:
-    from . import _names
-
+if "gil-free" in _CAPABILITIES:  # its dumps read thread names from its own table
     _names.install(_impl)
-
-
-from .saferepr import safe_repr  # noqa: E402 - locals need reprs, so the GIL:
-# those dumps come from the pure-Python formatter (_fallback) whether or not the core is in use.
-from . import watchdog  # noqa: E402 - needs _impl
-from .watchdog import (  # noqa: E402 - needs _impl
-    HarakiriError, cancel_dump_traceback_later, dump_traceback_later, harakiri)
 
 
 class Breakpoint(Exception):
     """Raised at the line a request asked for, by tbfast.wsgi.LiveBreakpointMiddleware."""
-
-
-def _fileno(file):
-    """An fd from an int or a file object, checked open, as faulthandler takes them."""
-    if file is None:
-        file = sys.stderr
-        if file is None:
-            raise RuntimeError("sys.stderr is None: pass a file or an fd")
-    if isinstance(file, bool) or not isinstance(file, int):
-        fileno = getattr(file, "fileno", None)
-        if fileno is None:
-            raise TypeError("file must be an int fd or have a fileno() method, not %s"
-                            % type(file).__name__)
-        if getattr(file, "closed", False):
-            raise ValueError("file is closed")
-        try:
-            fd = fileno()
-        except (OSError, ValueError) as error:
-            raise ValueError("file has no usable fd: %s" % error) from None
-        if isinstance(fd, bool) or not isinstance(fd, int):
-            raise TypeError("%s.fileno() must return an int fd, not %s"
-                            % (type(file).__name__, type(fd).__name__))
-        flush = getattr(file, "flush", None)
-        if flush is not None:
-            flush()
-    else:
-        fd = file
-    if fd < 0:
-        raise ValueError("file descriptor must be a non-negative integer, not %d" % fd)
-    try:
-        os.fstat(fd)
-    except OSError as error:
-        raise OSError(error.errno, "fd %d is not open" % fd) from None
-    except OverflowError:  # beyond a C int: no such fd either
-        raise OSError(errno.EBADF, "fd %d is not open" % fd) from None
-    return fd
 
 
 def dump_traceback(file=None, all_threads=True, *, format="text", locals=False):
@@ -86,9 +44,9 @@ def dump_traceback(file=None, all_threads=True, *, format="text", locals=False):
     adds each frame's locals as safe, bounded, masked reprs (tbfast.saferepr).
     """
     _check_format(format)
-    fd = _fileno(file)
+    fd = _fd_of(file)
     if locals:
-        _fallback.dump_to_fd(fd, all_threads, format, 1, safe=safe_repr)
+        _pywrite.dump_to_fd(fd, all_threads, format, 1, safe=safe_repr)
     else:
         _impl.dump_to_fd(fd, all_threads, format, 1)
 
@@ -97,7 +55,7 @@ def format_traceback(all_threads=True, *, format="text", locals=False):
     """The dump as a str; `locals=True` as in dump_traceback."""
     _check_format(format)
     if locals:
-        data = _fallback.format_dump(all_threads, format, 1, safe=safe_repr)
+        data = _pyformat.format_dump(all_threads, format, 1, safe=safe_repr)
     else:
         data = _impl.format_dump(all_threads, format, 1)
     return data.decode("utf-8", "replace")
@@ -122,8 +80,8 @@ def register(signum, file=None, all_threads=True, chain=False, *, format="text",
     """
     _check_format(format)
     signum = _valid_signal(signum)
-    fd = -1 if file is False and log else _fileno(file)
-    warn_if_fallback("register(%s)" % _signal_name(signum))
+    fd = -1 if file is False and log else _fd_of(file)
+    _warn_if_fallback("register(%s)" % _signal_name(signum))
     if log:
         watchdog.ensure_configured()  # its Python side logs and ships
     _impl.register(signum, fd, all_threads, chain, format, _signal_name(signum), log)
@@ -166,10 +124,9 @@ def set_context(text):
     if text is not None and "\0" in text:
         raise ValueError("context must not contain a NUL character, as at index %d"
                          % text.index("\0"))
-    if HAS_CORE:  # a dump with locals comes from the Python formatter: it needs them too
-        _fallback.set_context(text)
-    if not _impl.set_context(text) and HAS_CORE:
-        _names.sweep(_impl)
+    _pyformat.set_context(text)  # dumps with locals come from the Python formatter
+    if "gil-free" in _CAPABILITIES and not _impl.set_context(text):
+        _names.sweep(_impl)  # the core's table is full: make room
         _impl.set_context(text)
 
 
@@ -193,11 +150,11 @@ def configure(*, buffer_size=None, gil_wait=None, mask=None):
     if gil_wait is not None:
         gil_wait = _limits.check_seconds(gil_wait, "gil_wait", zero_ok=True,
                                          most=_limits.MAX_GIL_WAIT)
-        if hasattr(_impl, "handover_configure"):
+        if "handover" in _CAPABILITIES:
             _impl.handover_configure(gil_wait)
     if mask is not None:
         words = _mask_words(mask)
-        if HAS_CORE:
+        if "locals-gil-free" in _CAPABILITIES:
             _impl.set_mask(words)
         safe_repr.mask = words
     if buffer_size is not None:
@@ -219,18 +176,13 @@ def _mask_words(mask):
     return tuple(word.lower() for word in words)
 
 
-from .sockets import disable_tracebacker, enable_tracebacker  # noqa: E402 - needs _impl
-
-__all__ += ["enable_tracebacker", "disable_tracebacker"]
-
-
 def _configure_from_environment():
-    value = os.environ.get("TBFAST_BUFFER_SIZE")
+    value = _os.environ.get("TBFAST_BUFFER_SIZE")
     try:
         size = int(value) if value else _limits.DEFAULT_BUFFER_SIZE
     except ValueError:
         raise ValueError("TBFAST_BUFFER_SIZE must be a number of bytes, not %r" % value) from None
-    more = [word.strip() for word in os.environ.get("TBFAST_MASK", "").split(",") if word.strip()]
+    more = [word.strip() for word in _os.environ.get("TBFAST_MASK", "").split(",") if word.strip()]
     configure(buffer_size=size, gil_wait=_limits.DEFAULT_GIL_WAIT,
               mask=_limits.DEFAULT_MASK + tuple(more))
 

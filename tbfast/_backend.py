@@ -1,5 +1,6 @@
-"""Which implementation serves tbfast, chosen once at import: the C core, or the
-pure-Python fallback, and why.
+"""The one seam between tbfast and its implementation, chosen once at import: the C
+core, or the pure-Python fallback (the same function names), why, and what the
+chosen one can do (CAPABILITIES).  Every module takes the implementation from here.
 
 The fallback gives the same dumps whenever the GIL can be taken, but not when a
 thread holding it is stuck in C.  So a call whose whole point is a GIL-free dump
@@ -14,9 +15,18 @@ import os
 import sysconfig
 import warnings
 
-from . import _fallback
+from . import _fallback, _pyformat
 
-__all__ = ["impl", "MODE", "HAS_CORE", "FALLBACK_REASON", "warn_if_fallback"]
+__all__ = ["impl", "MODE", "HAS_CORE", "FALLBACK_REASON", "CAPABILITIES", "warn_if_fallback"]
+
+#: What the core does beyond the fallback's face:
+#: "gil-free": dumps (signal, socket, watchdog) without the GIL, from names and
+#:   contexts recorded in its own table;
+#: "handover": socket dumps that wait `gil_wait` for the GIL to walk consistently
+#:   (tbfast.consistent);
+#: "spool": dumps written to files without the GIL (tbfast.spool);
+#: "locals-gil-free": locals read without the GIL, masked as set_mask says.
+CORE_CAPABILITIES = frozenset({"gil-free", "handover", "spool", "locals-gil-free"})
 
 
 def _choose():
@@ -41,6 +51,10 @@ impl, FALLBACK_REASON = _choose()
 #: "core" when the C core is in use, "python" for the pure-Python fallback.
 MODE = impl.MODE
 HAS_CORE = MODE == "core"
+CAPABILITIES = CORE_CAPABILITIES if HAS_CORE else frozenset()
+
+if HAS_CORE:  # its consistent thread is tbfast's own: the Python formatter leaves it out too
+    _pyformat.leave_out_thread(impl.consistent_thread_ident)
 
 _warned_pid = None
 

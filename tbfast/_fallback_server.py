@@ -1,27 +1,11 @@
-"""The tracebacker socket server in pure Python, for when the C core lacks one.
+"""The tracebacker socket server in pure Python, which the fallback serves with.
 
-Same interface and protocol as the core's native server (`serve_start`,
-`serve_stop`); this is also their readable reference.  It runs in a daemon
-Python thread, so unlike the native server it needs the GIL to answer: it
-cannot help a worker whose GIL holder is stuck in C.
-
-Protocol, one client at a time, in turn:
-
-1. accept; the peer's uid (SO_PEERCRED) must be `owner_uid` or 0, else the
-   client gets ``tbfast: refused: uid N is not allowed\\n`` and is closed;
-2. wait up to REQUEST_WAIT (10 ms) for an optional request line of at most
-   REQUEST_LIMIT (64) bytes including its ``\\n``; the line also ends at EOF
-   (the client shut down its side) or when the 10 ms are up.  Its words are
-   at most one format (``text``, ``uwsgi`` or ``json``; none means the
-   default), ``locals`` and ``gil-free`` (a no-op here: this server always
-   holds the GIL); anything else, or more than 64 bytes without a newline, gets
-   ``tbfast: bad request: expected [text|uwsgi|json] [locals] [gil-free]\\n``
-   and a close;
-3. write the dump (trigger ``socket``) as the client reads it: its rest waits
-   beside the next clients' (tbfast._answers), and is given up on when the
-   client takes nothing for WRITE_TIMEOUT (2 s);
-4. shut the connection down both ways, read what the client sent beyond the
-   request, close: the client reads the whole answer, then end of file.
+It speaks the protocol of docs/protocol.md (#connection, #request, #answer,
+#timing) with the same interface as the core's native server (`serve_start`,
+`serve_stop`).  What is its own: it runs in a daemon Python thread, so it needs
+the GIL to answer and cannot help a worker whose GIL holder is stuck in C; for
+the same reason every dump it writes is consistent (docs/protocol.md
+#consistent-dumps), and the `gil-free` word is accepted and changes nothing.
 """
 
 import errno
@@ -34,10 +18,12 @@ import time
 
 from ._answers import WRITE_TIMEOUT, Answers
 from ._limits import BAD_REQUEST, FORMATS, REQUEST_OPTIONS, check_format
-from .consistent import gil_dump
+from ._pyformat import format_dump
+from .rich import gil_dump
 
-MODE = "python"
-REQUEST_WAIT = 0.010
+__all__ = ["THREAD_NAME", "serve_start", "serve_stop"]
+
+REQUEST_WAIT = 0.010  # seconds, and REQUEST_LIMIT bytes: docs/protocol.md#request
 REQUEST_LIMIT = 64
 THREAD_NAME = "tbfast-tracebacker"
 
@@ -95,7 +81,7 @@ class _Server:
         if request is None:
             return BAD_REQUEST
         fmt, options = request
-        return gil_dump(fmt, "locals" in options)  # this thread holds the GIL
+        return gil_dump(format_dump, fmt, "locals" in options)  # this thread holds the GIL
 
     def stop(self):
         if self.pid != os.getpid():

@@ -12,7 +12,12 @@ import struct
 import threading
 import time
 
-from ._limits import HARAKIRI_ACTIONS as ACTIONS, KIND_SIGNAL, NOTIFY_RECORD, SCOPE_DEPTH, check_seconds
+from ._limits import HARAKIRI_ACTIONS as ACTIONS, NOTIFY_RECORD, SCOPE_DEPTH, check_seconds
+from ._pyformat import format_dump
+from ._pywrite import write_dump
+
+__all__ = ["HarakiriScope", "running", "notify", "watchdog_configure", "take_mailbox",
+           "raise_in_thread", "dump_later", "cancel_dump_later"]
 
 _RECORD = struct.Struct(NOTIFY_RECORD)
 
@@ -51,6 +56,12 @@ def _forget_the_parent():
 _state = _State()
 
 
+def running():
+    """Whether this process's watchdog thread runs (tbfast.watchdog starts it on the
+    first arm when it does not)."""
+    return _state.thread is not None and _state.pid == os.getpid()
+
+
 class HarakiriScope:
     """As the core's: keeps no state, so one scope serves many threads and calls."""
 
@@ -61,9 +72,6 @@ class HarakiriScope:
         self.seconds, self.action_name = seconds, action
 
     def __enter__(self):
-        if _state.thread is None or _state.pid != os.getpid():
-            from .watchdog import ensure_configured
-            ensure_configured()
         ident = threading.get_ident()
         now = time.monotonic_ns()
         with _state.changed:
@@ -107,7 +115,9 @@ class HarakiriScope:
         return guarded
 
 
-def _notify(ident, stuck_ns, kind, dump):
+def notify(ident, stuck_ns, kind, dump):
+    """A record for the watchdog's Python side (tbfast.watchdog), with `dump` in a
+    mailbox, as the core's watchdog and signal handler send theirs."""
     if _state.notify_fd < 0:
         return
     mailbox = 0
@@ -118,26 +128,24 @@ def _notify(ident, stuck_ns, kind, dump):
 
 
 def _expire(ident, entry, now):
-    from . import _fallback
     deadline, armed, action, reported, next_report = entry
     stuck = now - armed
     if not reported or (action == "log" and now >= next_report):
-        dump = _fallback.format_dump(True, _state.format, 0, "harakiri")
+        dump = format_dump(True, _state.format, 0, "harakiri")
         if _state.dump_fd >= 0:
-            _fallback.write_dump(_state.dump_fd, dump)
-        _notify(ident, stuck, 0, dump)
+            write_dump(_state.dump_fd, dump)
+        notify(ident, stuck, 0, dump)
         entry[4] = now + _state.repeat_ns
     if not reported and action != "log":
         time.sleep(_state.grace_ns / 1e9)
         if action == "abort":
             os.kill(os.getpid(), 9)
-        _notify(ident, stuck, 1, None)
+        notify(ident, stuck, 1, None)
     entry[3] = True
     return entry[4] if action == "log" else None
 
 
 def _run():
-    from . import _fallback
     while True:
         with _state.changed:
             now = time.monotonic_ns()
@@ -148,7 +156,7 @@ def _run():
             if _state.later is not None:
                 deadline, interval, fd, exit_after = _state.later
                 if now >= deadline:
-                    _fallback.write_dump(fd, _fallback.format_dump(True, "text", 0, "timeout"))
+                    write_dump(fd, format_dump(True, "text", 0, "timeout"))
                     if exit_after:
                         os._exit(1)
                     _state.later = (now + interval, interval, fd, False) if interval else None

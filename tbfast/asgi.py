@@ -23,6 +23,8 @@ import time
 import tbfast
 from .rich import format_task_stack
 
+__all__ = ["HarakiriMiddleware", "request_context"]
+
 logger = logging.getLogger("tbfast")
 
 

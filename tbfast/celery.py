@@ -18,6 +18,8 @@ import signal
 
 import tbfast
 
+__all__ = ["install"]
+
 _installed_in = None  # the pid whose handlers are registered: once per worker process
 
 

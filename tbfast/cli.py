@@ -21,6 +21,8 @@ from . import __version__
 from ._limits import DEFAULT_BUFFER_SIZE, FORMATS
 from ._users import describe_uid
 
+__all__ = ["ReadError", "CutShort", "read_socket", "connect_and_read", "main"]
+
 DEFAULT_TIMEOUT = 5.0
 #: A dump is at most the worker's buffer: more is a stream, not a dump.
 DEFAULT_MAX_BYTES = DEFAULT_BUFFER_SIZE

@@ -13,13 +13,14 @@ One thread per process, started by tbfast.sockets once a server runs (and
 again in a forked child that serves its own socket).
 """
 
-import json
 import socket
 import threading
 
-from . import _fallback, _impl, rich
+from . import rich
 from ._answers import Answers
-from .saferepr import safe_repr
+from ._backend import CAPABILITIES, impl
+
+__all__ = ["THREAD_NAME", "start"]
 
 THREAD_NAME = "tbfast-consistent"
 
@@ -27,48 +28,30 @@ _start_lock = threading.Lock()
 
 
 def start():
-    """Starts this process's consistent thread, unless one runs or the core is absent
-    (the pure-Python server holds the GIL anyway)."""
-    if getattr(_impl, "handover_listen", None) is None:
+    """Starts this process's consistent thread, unless one runs or the backend has no
+    handover (the pure-Python server holds the GIL anyway)."""
+    if "handover" not in CAPABILITIES:
         return
     with _start_lock:
-        if _impl.handover_listen():
+        if impl.handover_listen():
             threading.Thread(target=_serve, name=THREAD_NAME, daemon=True).start()
 
 
-def gil_dump(fmt, with_locals, trigger="socket"):
-    """A dump made holding the GIL, without the calling thread (a server's own):
-    the core's walk, or with `with_locals` the Python formatter's, whose locals
-    are safe reprs; then the rich sections (asyncio tasks, greenlets)."""
-    if with_locals:
-        data = _fallback.format_dump(True, fmt, 0, trigger, True, safe=safe_repr)
-    else:
-        data = _impl.format_dump(True, fmt, 0, trigger, True)
-    extra = rich.sections(fmt, locals=with_locals)
-    if not extra:
-        return data
-    if fmt == "json":
-        document = json.loads(data)
-        document.update(extra)
-        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-    return data + extra.encode("utf-8", "replace")
-
-
 def _serve():
-    answers, posts = Answers(), _impl.handover_fd()
+    answers, posts = Answers(), impl.handover_fd()
     while True:
         answers.wait(posts)
-        taken = _impl.handover_take()
+        taken = impl.handover_take()
         if taken is None:
             continue  # withdrawn: the server wrote the GIL-free dump
         fd, fmt, with_locals = taken
         client = socket.socket(fileno=fd)
         try:
-            data = gil_dump(fmt, with_locals)
-        except _impl.DumpSkipped as skipped:  # the line a GIL-free dump writes then
+            data = rich.gil_dump(impl.format_dump, fmt, with_locals)
+        except impl.DumpSkipped as skipped:  # the line a GIL-free dump writes then
             data = b"%s\n" % str(skipped).encode()
         except BaseException as error:  # noqa: BLE001 - the client gets the reason, the thread goes on
             data = ("tbfast: dump failed: %s\n" % error).encode()
         finally:
-            _impl.handover_done()
+            impl.handover_done()
         answers.send(client, data)

@@ -23,6 +23,8 @@ import sys
 import tbfast
 from tbfast.wsgi import HarakiriMiddleware
 
+__all__ = ["post_worker_init"]
+
 
 def post_worker_init(worker):
     tbfast.register(signal.SIGABRT, sys.stderr, chain=True)

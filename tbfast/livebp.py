@@ -44,6 +44,9 @@ import urllib.parse
 import tbfast
 from tbfast.saferepr import MASKED, safe_repr
 
+__all__ = ["BadRequest", "Unavailable", "Target", "resolve", "take_snapshot", "snapshot_header",
+           "LiveBreakpointMiddleware", "without_token", "MECHANISM"]
+
 logger = logging.getLogger("tbfast")
 
 ACTIONS = ("raise", "snapshot")

@@ -16,16 +16,17 @@ Every walk is bounded.
 """
 
 import gc
+import json
 import sys
 import threading
 import traceback
 import weakref
 
-from . import _fallback
+from . import _pyformat
 from ._limits import FUNCTION_LIMIT, check_format
 from .saferepr import DUMP_TIME_BUDGET, frame_locals, safe_repr
 
-__all__ = ["sections", "frame_locals", "track_greenlets", "greenlets_tracked",
+__all__ = ["sections", "gil_dump", "frame_locals", "track_greenlets", "greenlets_tracked",
            "await_chain", "format_task_stack"]
 
 MAX_AWAIT_DEPTH = 1000  # an await chain is a chain, but bound it all the same
@@ -115,7 +116,7 @@ def _running_loops():
         return []
     run_forever = base_events.BaseEventLoop.run_forever.__code__
     loops = []
-    for frame in _fallback.current_frames().values():
+    for frame in _pyformat.current_frames().values():
         for _ in range(MAX_FRAMES):
             if frame is None:
                 break
@@ -291,8 +292,8 @@ def _loops():
 def _frames_of(task, safe):
     """The task's await chain, innermost first, as ``(Frame, kind, qualname)``."""
     checked = set()
-    return [(_fallback.Frame(frame, checked, safe), kind,
-             _fallback.bounded(frame.f_code.co_qualname, FUNCTION_LIMIT))
+    return [(_pyformat.Frame(frame, checked, safe), kind,
+             _pyformat.bounded(frame.f_code.co_qualname, FUNCTION_LIMIT))
             for frame, kind in reversed(list(_awaited(task.get_coro())))]
 
 
@@ -328,7 +329,7 @@ def _text_tree(item, safe):
                     frame.file.decode(), frame.line, kind, qualname.decode()))
                 if frame.source is not None:
                     add(level, "  |     " + frame.source.decode())
-                for local in _fallback.format_text_locals(frame).decode().splitlines():
+                for local in _pyformat.format_text_locals(frame).decode().splitlines():
                     add(level, "  | " + local)
         if not node.children:
             return
@@ -494,7 +495,7 @@ class _Greenlet:
         self.state = "suspended" if frame is not None else "running" if started else "not started"
         self.frames, checked = [], set()
         while frame is not None and len(self.frames) < MAX_FRAMES:
-            self.frames.append(_fallback.Frame(frame, checked, safe))
+            self.frames.append(_pyformat.Frame(frame, checked, safe))
             frame = frame.f_back
 
 
@@ -513,7 +514,7 @@ def _greenlet_heading(item):
 
 
 def _quoted(text):
-    return '"%s"' % _fallback.bounded(text, FUNCTION_LIMIT).decode()
+    return '"%s"' % _pyformat.bounded(text, FUNCTION_LIMIT).decode()
 
 
 def _greenlets_text(items, found_by, more):
@@ -522,7 +523,7 @@ def _greenlets_text(items, found_by, more):
     out = ["Greenlets (%d, %s):\n" % (len(items) + more, _found_by_text(found_by))]
     for item in items:
         out.append(_greenlet_heading(item) + "\n")
-        out.append(_fallback.format_text_frames(item.frames).decode() + "\n")
+        out.append(_pyformat.format_text_frames(item.frames).decode() + "\n")
     if more:
         out.append("... %d more greenlets not shown\n\n" % more)
     return "".join(out)
@@ -558,8 +559,26 @@ def sections(format="text", *, locals=False, safe=None):
         return {**asyncio_part, **greenlet_part}
     text = "".join(part for part in (asyncio_part, greenlet_part) if part)
     # Task and greenlet names come from the application, maybe from a request.
-    return "\n".join(_fallback.printable(line.encode("utf-8", "backslashreplace")).decode()
+    return "\n".join(_pyformat.printable(line.encode("utf-8", "backslashreplace")).decode()
                      for line in text.split("\n"))
+
+
+def gil_dump(walk, fmt, with_locals, trigger="socket"):
+    """A dump made holding the GIL, without the calling thread (a server's own):
+    `walk`'s (a backend's format_dump), or with `with_locals` the Python formatter's,
+    whose locals are safe reprs; then the sections."""
+    if with_locals:
+        data = _pyformat.format_dump(True, fmt, 0, trigger, True, safe=safe_repr)
+    else:
+        data = walk(True, fmt, 0, trigger, True)
+    extra = sections(fmt, locals=with_locals)
+    if not extra:
+        return data
+    if fmt == "json":
+        document = json.loads(data)
+        document.update(extra)
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return data + extra.encode("utf-8", "replace")
 
 
 def _guarded(format, title, make):

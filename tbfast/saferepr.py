@@ -30,6 +30,8 @@ import types
 
 from ._limits import DEFAULT_MASK, MAX_LOCALS
 
+__all__ = ["MASKED", "DEFAULT_MASK", "SafeRepr", "safe_repr", "frame_locals"]
+
 MASKED = "'********'"
 _CO_OPTIMIZED = 0x0001  # inspect.CO_OPTIMIZED (a function's frame), without importing inspect
 DEFAULT_MAX_LENGTH = 200

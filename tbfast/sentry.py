@@ -34,10 +34,14 @@ from sentry_sdk.transport import HttpTransport
 from sentry_sdk.utils import BadDsn
 
 import tbfast
+import tbfast.sockets
 import tbfast.spool
 import tbfast.watchdog
-from tbfast._fallback import current_frames
+from tbfast._backend import CAPABILITIES
+from tbfast._pyformat import current_frames
 from tbfast.saferepr import safe_repr
+
+__all__ = ["setup", "shutdown", "send", "capture", "event_from_dump"]
 
 FINGERPRINT_FRAMES = 5   # innermost frames of the stuck thread that name its issue
 CONTEXT_LINES = 5        # source lines shown before and after each frame's line
@@ -148,7 +152,7 @@ def setup(dsn=None, *, timeout=DEFAULT_TIMEOUT, with_locals=False, spool_dir=Non
 
 
 def _configure_spool(spool_dir, spool_max):
-    if spool_dir is not False and tbfast.HAS_CORE and (
+    if spool_dir is not False and "spool" in CAPABILITIES and (
             spool_dir is not None or tbfast.spool.current() is None):
         tbfast.spool.configure(spool_dir or os.path.join(
             tempfile.gettempdir(), "tbfast-spool-%d" % os.getuid()), spool_max)

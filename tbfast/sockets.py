@@ -8,8 +8,8 @@ uWSGI; the billiard pool index + 1 in a Celery prefork child; else the lowest
 free slot 1, 2, ... held by an flock on ``<socket>.lock`` for the life of the
 process, so a respawned worker gets the number of the one that died.
 
-The server is the core's native thread, which answers without the GIL, when
-the core has one; otherwise a Python thread (tbfast._fallback_server).
+The server is the backend's: the core's native thread, which answers without
+the GIL, or the fallback's Python thread (tbfast._fallback_server).
 """
 
 import atexit
@@ -24,15 +24,15 @@ import struct
 import sys
 import threading
 
-from . import _fallback_server, _impl, consistent
-from ._backend import warn_if_fallback
+from . import consistent
+from ._backend import MODE, impl, warn_if_fallback
 from ._limits import check_format
 from ._users import describe_uid
 
-# The one place the server is chosen.
-_server = _impl if getattr(_impl, "serve_start", None) is not None else _fallback_server
+__all__ = ["SERVER", "Tracebacker", "current", "enable_tracebacker", "disable_tracebacker"]
+
 #: "core" for the core's native server thread, "python" for the fallback's.
-SERVER = "core" if _server is _impl else "python"
+SERVER = MODE
 
 #: sun_path holds 108 bytes on Linux: a path of 107 and its NUL.
 UNIX_PATH_MAX = 108
@@ -160,7 +160,7 @@ def _enable(basename, worker_id, mode, fmt, billiard_index=None):
     slot.worker_id, slot.source, slot.format = worker_id, source, fmt
     fd, slot.fd = slot.fd, None
     try:
-        _server.serve_start(fd, fmt, os.getuid())  # owns fd from here, even on failure
+        impl.serve_start(fd, fmt, os.getuid())  # owns fd from here, even on failure
     except BaseException:
         _remove(slot)
         raise
@@ -560,7 +560,7 @@ def _teardown():
     if slot is None:
         return False
     try:
-        _server.serve_stop()  # in a forked child: only closes the inherited fd
+        impl.serve_stop()  # in a forked child: only closes the inherited fd
     finally:
         _remove(slot)
     return slot.pid == os.getpid()

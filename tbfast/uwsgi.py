@@ -22,6 +22,8 @@ import sys
 
 import tbfast
 
+__all__ = ["install", "graceful_signal"]
+
 
 def graceful_signal(options):
     """The --harakiri-graceful-signal number uWSGI was started with, or None."""

@@ -13,7 +13,9 @@ Live breakpoints and snapshots: see tbfast.livebp.
 """
 
 import tbfast
-from tbfast.livebp import LiveBreakpointMiddleware, without_token  # noqa: F401 - re-exported
+from tbfast.livebp import LiveBreakpointMiddleware, without_token
+
+__all__ = ["HarakiriMiddleware", "LiveBreakpointMiddleware", "request_context", "without_token"]
 
 
 def request_context(environ):

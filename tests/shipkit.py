@@ -22,6 +22,7 @@ import zlib
 import pytest
 
 import tbfast
+import tbfast.shipping
 from tbfast import watchdog
 from conftest import truth
 
@@ -33,7 +34,7 @@ def shipping(tmp_path, tbfast_log, monkeypatch):
     """JSON dumps, the logger's records, retries every 0.2 s, and a spool directory
     (the value) for tbfast.sentry.setup(); all undone at the end."""
     import tbfast.sentry  # here: test_logging.py runs without sentry-sdk
-    monkeypatch.setattr(watchdog, "RETRY_SECONDS", 0.2)
+    monkeypatch.setattr(tbfast.shipping, "RETRY_SECONDS", 0.2)
     monkeypatch.delenv("SENTRY_DSN", raising=False)
     watchdog.configure(file=False, format="json", repeat=10.0)
     yield tmp_path / "spool"

@@ -16,15 +16,10 @@ import pytest
 import tbfast
 from tbfast import cli
 from conftest import needs_core
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_sockets as shared  # noqa: E402 - the workers and fixtures of the socket tests
-
-ROOT, worker_env = shared.ROOT, shared.worker_env
-# Fixtures, taken by name by the tests below.
-script, tmp, spawn, server, autostart_python, other_user = (
-    shared.script, shared.tmp, shared.spawn, shared.server, shared.autostart_python,
-    shared.other_user)
+# autostart_python, other_user, script, server, spawn and tmp: fixtures, taken by name.
+from workerkit import (  # noqa: F401
+    ROOT, autostart_python, end_connection, other_user, script, served_by, server, spawn, tmp,
+    worker_env)
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "tbfast")
 
@@ -249,7 +244,7 @@ def fake_server(path, answer, close=True):
             except OSError:
                 pass  # the reader stopped reading and left
             if close:
-                shared.end_connection(client)
+                end_connection(client)
             else:
                 kept.append(client)
 
@@ -278,8 +273,8 @@ def run_bytes(*args, timeout=60):
 
 
 def test_a_request_path_in_a_context_prints_as_one_escaped_line(spawn, tmp, server):
-    """Issue 15, item 5: a request path put a fake frame line and a terminal escape
-    sequence into what connect-and-read printed."""
+    """A request path holding a fake frame line and a terminal escape sequence is
+    printed by connect-and-read escaped, on its one line: no raw control character."""
     worker = spawn({"basename": tmp + "/tb.", "request": HOSTILE}, server)
     for fmt in ("text", "uwsgi"):
         status, out, err = run_bytes("connect-and-read", "--format", fmt, worker.path)
@@ -316,11 +311,12 @@ def test_control_characters_from_any_server_are_printed_escaped(tmp):
 
 
 def test_a_server_of_another_user_is_refused_unless_allowed(tmp, other_user):
-    """Issue 15, item 7: another user who serves a slot (taken first, or in a directory
-    others may write to) had its fake dump printed as the worker's."""
+    """A slot served by another user (taken first, or in a directory others may write
+    to) is refused, its fake dump not printed as the worker's, unless --allow-uid
+    names that user or --any-owner is given."""
     os.chmod(tmp, 0o1777)
     fake = b"tbfast dump: pid=1 (not your worker)\n"
-    with shared.served_by(other_user, tmp + "/tb.1", fake):
+    with served_by(other_user, tmp + "/tb.1", fake):
         status, out, err = run_bytes("connect-and-read", tmp + "/tb.1")
         assert (status, out) == (1, b"")
         assert err.decode() == (
@@ -335,7 +331,8 @@ def test_a_server_of_another_user_is_refused_unless_allowed(tmp, other_user):
 
 
 def test_a_socket_that_keeps_streaming_is_read_to_the_buffer_size(tmp):
-    """Issue 15, item 7: a socket that kept streaming took the command to 2 GB."""
+    """A socket that keeps streaming is read up to the buffer size (or --max-bytes),
+    then the command stops and says so."""
     chunk = b"x" * 65535 + b"\n"
     with fake_server(tmp + "/tb.1", lambda: [chunk] * 200):  # 12.5 MiB
         for options, limit in (([], tbfast._limits.DEFAULT_BUFFER_SIZE),
@@ -350,7 +347,7 @@ def test_a_socket_that_keeps_streaming_is_read_to_the_buffer_size(tmp):
 
 
 def test_a_dump_cut_short_by_the_timeout_is_printed_and_marked(tmp):
-    """Issue 15, item 8: on a timeout the command threw away what it had read."""
+    """On a timeout the command prints what it read, marked as cut short."""
     start = b"tbfast dump: pid=1\nThread 0x1 (most recent call first):\n  File"
     with fake_server(tmp + "/tb.1", lambda: [start], close=False):
         status, out, err = run_bytes("connect-and-read", "--timeout", "1", tmp + "/tb.1")

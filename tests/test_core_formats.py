@@ -181,8 +181,8 @@ def test_thousand_threads_truncated_with_exact_marker_main_first(fmt):
     assert first == threading.main_thread().ident
 
 
-# What a remote client put in a request path (issue 15, item 5): a fake frame line,
-# a terminal title sequence, and every kind of control character.
+# What a remote client may put in a request path: a fake frame line, a terminal title
+# sequence, and every kind of control character.
 HOSTILE = ('/slow\n  File "/srv/evil.py", line 1 in injected\r\x1b]0;pwned\x07 \x00\t\x7f'
            '\x85\x9b\u2028\u2029 end')
 # A raw control character in text or uwsgi output: anything but the newlines that end its lines.

@@ -1,4 +1,4 @@
-"""Issue #9, item 5: fuzzing with hypothesis.  The socket's request parser gets
+"""Fuzzing with hypothesis.  The socket's request parser gets
 random bytes, lines, partial and slow sends; the Python API's format options and
 the CLI's arguments get arbitrary values.  Every input gets a dump or one clean
 error, never a crash or a hang, and the server keeps serving after each."""
@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tbfast
 from stress_worker import Malformed, check, figures, format_of
+from workerkit import read_until_closed
 
 BAD_REQUEST = b"tbfast: bad request: expected [text|uwsgi|json] [locals] [gil-free]\n"  # as a client reads it
 REQUEST_MAX = 64
@@ -65,16 +66,11 @@ def exchange(path, chunks, pause, shut, read):
         pass  # the server answered and closed before we were done: read what it said
     answer = b""
     if read:
-        try:
-            while True:
-                chunk = client.recv(1 << 20)
-                if not chunk:
-                    break
-                answer += chunk
-        except ConnectionResetError:
-            # Whatever and whenever a client sends, it reads the whole answer, then end
-            # of file (issue 15, item 9).
-            pytest.fail("the server reset the connection after %r" % (answer[:200],))
+        answer, ending = read_until_closed(client, 10)
+        # Whatever and whenever a client sends, it reads the whole answer, then end of
+        # file: a reset would leave it unable to tell a whole answer from a cut one.
+        if ending != "end of file":
+            pytest.fail("%s after %r" % (ending, answer[:200]))
     client.close()
     return answer
 

@@ -1,5 +1,5 @@
-"""Issue #9, item 6: no fd or thread leaks after 10,000 connections, after
-enable/disable cycles, nor across fork; socket files are removed on exit.
+"""No fd or thread leaks after 10,000 connections, after enable/disable cycles,
+nor across fork; socket files are removed on exit.
 
 Each worker counts its own fds (/proc/self/fd, with what each points to) and
 native threads (/proc/self/task) before and after, so the counts are the

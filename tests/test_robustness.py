@@ -63,9 +63,9 @@ def test_poisoned_frame_is_marked_unreadable_and_the_dump_goes_on():
 # Threads start and exit as fast as they can while another process (or a signal)
 # asks for dumps: an exiting thread frees its state under the GIL-free walk.
 CHURN_WORKER = r"""
-import os, signal, socket, subprocess, sys, threading, time
+import os, signal, subprocess, sys, threading, time
 import tbfast
-how, dumps = sys.argv[1], int(sys.argv[2])
+how, dumps, here = sys.argv[1], int(sys.argv[2]), sys.argv[4]
 stop = threading.Event()
 
 def churn():
@@ -81,26 +81,18 @@ well_formed = 0
 if how == "socket":
     path = tbfast.enable_tracebacker(sys.argv[3], worker_id=1)
     reader = subprocess.run([sys.executable, "-c", '''
-import socket, sys
+import sys
+sys.path.insert(0, sys.argv[3])
+from workerkit import ask
 good = 0
 for _ in range(int(sys.argv[2])):
-    client = socket.socket(socket.AF_UNIX)
-    client.settimeout(10)
-    client.connect(sys.argv[1])
-    client.shutdown(socket.SHUT_WR)
-    data = b""
-    while True:
-        chunk = client.recv(1 << 20)
-        if not chunk:
-            break
-        data += chunk
-    client.close()
+    data = ask(sys.argv[1], shutdown=True)
     if data.startswith(b"tbfast dump: ") and data.endswith(b"\\n\\n"):
         good += 1
     else:
         sys.stderr.write("malformed dump: %r\\n" % data[-400:])
 print(good)
-''', path, str(dumps)], capture_output=True, timeout=120)
+''', path, str(dumps), here], capture_output=True, timeout=120)
     well_formed = int(reader.stdout)
     sys.stderr.write(reader.stderr.decode())
 else:
@@ -124,7 +116,7 @@ print(well_formed)
 def test_dumps_while_threads_start_and_exit(how, tmp_path):
     dumps = 1000
     result = subprocess.run(
-        [sys.executable, "-c", CHURN_WORKER, how, str(dumps), str(tmp_path / "tb.")],
+        [sys.executable, "-c", CHURN_WORKER, how, str(dumps), str(tmp_path / "tb."), HERE],
         capture_output=True, timeout=180)
     assert result.returncode == 0, "the worker died (%d): %s" % (result.returncode, result.stderr[-2000:])
     assert int(result.stdout) == dumps, result.stderr.decode()[-3000:]

@@ -6,15 +6,14 @@ dump that hangs or an exception that escapes fails the test, not the run."""
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 import tbfast
 from conftest import needs_core
+from workerkit import ask
 
 # A worker whose thread "holder" has `values` as locals and holds `lock`, which the
 # repr of Inner takes: a repr run in the dumping thread would wait for good.
@@ -108,7 +107,7 @@ release.set()
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         path = child.stdout.readline().decode().strip()
-        answers = [ask(path, b"json locals\n") for _ in range(2)]
+        answers = [json.loads(ask(path, b"json locals\n", timeout=30)) for _ in range(2)]
         # "python": the consistent thread's dump with locals, each time; "gil-free": its stand-in
         assert [answer["mode"] for answer in answers] == ["python", "python"]
         child.stdin.write(b"done\n")
@@ -117,21 +116,6 @@ release.set()
     finally:
         child.kill()
         child.wait(10)
-
-
-def ask(path, request):
-    """The dump the socket at `path` answers `request` with, as a document."""
-    with socket.socket(socket.AF_UNIX) as client:
-        client.settimeout(30)
-        client.connect(path)
-        client.sendall(request)
-        data, deadline = b"", time.monotonic() + 30
-        while time.monotonic() < deadline:
-            chunk = client.recv(1 << 16)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data)
 
 
 # A frame with a local for each name the default mask words must hide, and more; it

@@ -1,25 +1,22 @@
 """Per-worker tracebacker sockets: naming, slots, files, fork, protocol.
 
-Real UNIX sockets in short temporary directories, real worker subprocesses
-(WORKER_SCRIPT), every wait bounded.  The protocol tests run against both
-servers: the core's native one and the pure-Python fallback
-(TBFAST_NO_EXTENSIONS=1 in the worker's environment).
+Real UNIX sockets in short temporary directories, real worker subprocesses (the
+worker kit's WORKER_SCRIPT), every wait bounded.  The protocol tests run against
+both servers: the core's native one and the pure-Python fallback
+(TBFAST_NO_EXTENSIONS=1 in the worker's environment).  How workers number
+themselves under real uWSGI, gunicorn and billiard: servers/test_*_sockets.py.
 """
 
-import contextlib
 import errno
 import fcntl
 import json
 import os
 import pwd
 import select
-import shutil
 import signal
 import socket
 import stat
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 
@@ -27,274 +24,12 @@ import pytest
 
 import tbfast
 from tbfast import sockets
+# autostart_python, other_user, script, server, spawn and tmp: fixtures, taken by name.
+from workerkit import (  # noqa: F401
+    CORE_SERVER, ROOT, ask, autostart_python, other_user, read_until_closed, script,
+    served_by, server, spawn, tmp, worker_env)
 
-ROOT = os.geteuid() == 0
 GIL_WAIT_MS = round(tbfast._limits.DEFAULT_GIL_WAIT * 1000)
-CORE_SERVER = tbfast.HAS_CORE and getattr(tbfast._impl, "serve_start", None) is not None
-SERVERS = [pytest.param("core", marks=pytest.mark.skipif(
-               not CORE_SERVER, reason="the C core (with serve_start) is not built")),
-           "python"]
-
-# The worker: busy threads parked at a line it reports (the truth the dumps are
-# checked against), then the main thread reads commands on stdin.
-WORKER_SCRIPT = r'''
-import ctypes, json, os, signal, sys, threading, time, traceback
-import tbfast
-from tbfast import sockets
-
-config = json.loads(sys.argv[1])
-watchdog = threading.Timer(config.get("lifetime", 60), os._exit, (3,))
-watchdog.daemon = True
-watchdog.start()
-
-
-def stuck_in_here(started, release, depth):
-    if depth > 0:
-        return stuck_in_here(started, release, depth - 1)
-    started.append(traceback.extract_stack(limit=1)[0].lineno + 1)
-    release.wait()
-
-
-release, lines = threading.Event(), []
-for number in range(config.get("threads", 2)):
-    threading.Thread(target=stuck_in_here, args=(lines, release, config.get("depth", 0)),
-                     name="busy-%d" % number, daemon=True).start()
-deadline = time.monotonic() + 20
-while len(lines) < config.get("threads", 2) and time.monotonic() < deadline:
-    time.sleep(0.001)
-
-
-if config.get("asyncio"):
-    import asyncio
-
-    async def napping_child():
-        await asyncio.sleep(60)
-
-    async def parent():
-        await asyncio.create_task(napping_child(), name="napping-child")
-
-    threading.Thread(target=asyncio.run, args=(parent(),), name="loop", daemon=True).start()
-
-if "request" in config:  # a thread serving a request whose path a client chose
-    def serve_request(path, started):
-        tbfast.set_context("GET " + path)
-        started.set()
-        release.wait()
-
-    started = threading.Event()
-    threading.Thread(target=serve_request, args=(config["request"], started),
-                     name="request " + config["request"], daemon=True).start()
-    started.wait(20)
-
-
-def report(**extra):
-    now = sockets.current()
-    info = dict(pid=os.getpid(), path=now and now.path, worker_id=now and now.worker_id,
-                source=now and now.source, server=sockets.SERVER, mode=tbfast.MODE,
-                line=lines[0] if lines else None, threads=len(lines))
-    info.update(extra)
-    sys.stdout.write(json.dumps(info) + "\n")
-    sys.stdout.flush()
-
-
-def hold_the_gil(seconds):
-    sleep = ctypes.PyDLL(None).sleep  # PyDLL keeps the GIL across the call
-    report(holding=True, line=traceback.extract_stack(limit=1)[0].lineno + 1)
-    sleep(seconds)
-
-
-def enable(config):
-    try:
-        sockets.enable_tracebacker(config["basename"], config.get("worker_id"),
-                                   mode=config.get("mode", 0o600),
-                                   format=config.get("format", "text"))
-    except Exception as error:
-        report(error="%s: %s" % (type(error).__name__, error))
-    else:
-        report()
-
-
-if "basename" in config:
-    enable(config)
-else:
-    report()
-for command in sys.stdin:
-    command = command.strip()
-    if command == "disable":
-        report(disabled=sockets.disable_tracebacker())
-    elif command.startswith("enable "):
-        enable(json.loads(command[len("enable "):]))
-    elif command == "fork":
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-        child = os.fork()
-        if child == 0:
-            report(child=True, parent=os.getppid())
-            signal.sigwait({signal.SIGUSR1})
-            sys.exit(0)  # a normal exit: atexit removes the child's own socket
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
-        report(forked=child)
-    elif command.startswith("hold "):
-        hold_the_gil(int(command.split()[1]))
-        report(held=True)
-    elif command == "quit":
-        break
-'''
-
-
-@pytest.fixture(scope="session")
-def script():
-    directory = tempfile.mkdtemp(prefix="tbw")
-    path = os.path.join(directory, "worker.py")
-    with open(path, "w") as file:
-        file.write(WORKER_SCRIPT)
-    yield path
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def tmp():
-    """A short directory: UNIX socket paths are limited to 107 bytes."""
-    directory = tempfile.mkdtemp(prefix="tb", dir="/tmp")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(params=SERVERS)
-def server(request):
-    return request.param
-
-
-def worker_env(server=None, **extra):
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith("TBFAST_")}
-    if server == "python":
-        env["TBFAST_NO_EXTENSIONS"] = "1"
-    env.update(extra)
-    return env
-
-
-class Worker:
-    """A worker subprocess running WORKER_SCRIPT; .info is its first report."""
-
-    def __init__(self, script, config, server=None, env=None):
-        self.proc = subprocess.Popen(
-            [sys.executable, script, json.dumps(config)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env or worker_env(server), cwd=os.path.dirname(script))
-        self.script = script
-        self.pid = self.proc.pid
-        self._buffer = b""
-        self.info = None
-
-    def start(self):
-        self.info = self.read()
-        return self
-
-    def read(self, timeout=20):
-        """The worker's next report line, as a dict."""
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise AssertionError("worker %d said nothing in %ss" % (self.pid, timeout))
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise AssertionError("worker %d exited: %s" % (self.pid, self.stderr()))
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
-
-    def send(self, command):
-        self.proc.stdin.write(command.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def stderr(self):
-        if self.proc.poll() is None:
-            return "(still running)"
-        return self.proc.stderr.read().decode(errors="replace")
-
-    def quit(self, timeout=10):
-        """A normal exit (atexit runs); the exit status."""
-        if self.proc.poll() is None:
-            self.send("quit")
-        return self.proc.wait(timeout)
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-    @property
-    def path(self):
-        return self.info["path"]
-
-
-@pytest.fixture
-def spawn(script):
-    """spawn(config, server=...) starts a worker and waits for its first report;
-    every worker is killed at the end of the test."""
-    workers = []
-
-    def start(config, server=None, env=None, wait=True):
-        worker = Worker(script, config, server, env)
-        workers.append(worker)
-        return worker.start() if wait else worker
-
-    yield start
-    for worker in workers:
-        worker.kill()
-        for stream in (worker.proc.stdin, worker.proc.stdout, worker.proc.stderr):
-            stream.close()
-
-
-def ask(path, request=None, timeout=10, shutdown=False):
-    """What the server at `path` answers: bytes until it closes."""
-    address = "\0" + path[1:] if path.startswith("@") else path
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(timeout)
-        client.connect(address)
-        if request is not None:
-            try:
-                client.sendall(request)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # it answered (a refusal) and closed before reading: read the answer
-        if shutdown:
-            client.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            client.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = client.recv(65536)
-            except ConnectionResetError:
-                if not chunks:
-                    raise
-                chunk = b""  # closed with bytes of ours unread: the answer is whole
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-
-
-def read_to_the_end(client, timeout=10):
-    """(what `client` reads, how the reading ended: "end of file", "reset" or
-    "timeout"), within `timeout` seconds in all."""
-    deadline, chunks = time.monotonic() + timeout, []
-    for _ in range(100000):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        client.settimeout(left)
-        try:
-            chunk = client.recv(1 << 20)
-        except ConnectionResetError:
-            return b"".join(chunks), "reset"
-        except socket.timeout:
-            break
-        if not chunk:
-            return b"".join(chunks), "end of file"
-        chunks.append(chunk)
-    return b"".join(chunks), "timeout"
 
 
 def busy_frames(dump, name="busy-0"):
@@ -310,79 +45,6 @@ def clean_state():
     """In-process tests leave no tracebacker behind."""
     yield
     sockets.disable_tracebacker()
-
-
-OTHER_USER = "tbfast-sockets-peer"
-
-
-@pytest.fixture(scope="session")
-def other_user():
-    """A second local user (a pwd entry), made with useradd and removed at the end:
-    the tests of what another local user can do need root."""
-    if not ROOT:
-        pytest.skip("NOT RUN: needs root to create a second user with useradd")
-    if shutil.which("useradd") is None:
-        pytest.skip("NOT RUN: no useradd to create a second user with")
-    try:
-        yield pwd.getpwnam(OTHER_USER)  # left by a run that was killed
-        return
-    except KeyError:
-        pass
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                    OTHER_USER], check=True, capture_output=True, timeout=60)
-    try:
-        yield pwd.getpwnam(OTHER_USER)
-    finally:
-        subprocess.run(["userdel", OTHER_USER], capture_output=True, timeout=60)
-
-
-@contextlib.contextmanager
-def served_by(user, path, answer, lock=False):
-    """A socket at `path` (``@name``: abstract) bound by a forked child running as
-    `user`, which answers each client with `answer` and, with `lock`, holds the
-    flock of `path`.lock as a tbfast worker would; until the block ends."""
-    ready_read, ready_write = os.pipe()
-    child = os.fork()
-    if child == 0:
-        try:
-            os.setgroups([])
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
-            if lock:
-                fcntl.flock(os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600), fcntl.LOCK_EX)
-            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            server.bind("\0" + path[1:] if path.startswith("@") else path)
-            server.listen(16)
-            os.write(ready_write, b"r")
-            server.settimeout(60)
-            for _ in range(100):
-                client = server.accept()[0]
-                try:
-                    client.sendall(answer)
-                except OSError:
-                    pass  # the client left without reading
-                end_connection(client)
-        finally:
-            os._exit(0)
-    os.close(ready_write)
-    try:
-        assert select.select([ready_read], [], [], 20)[0] and os.read(ready_read, 1) == b"r", (
-            "the other user's server did not start")
-        yield
-    finally:
-        os.close(ready_read)
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
-
-
-def end_connection(client):
-    """Ends a connection as a server should: the client reads all, then end of file."""
-    try:
-        client.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass  # the client left
-    read_to_the_end(client, 5)  # a close with unread input resets
-    client.close()
 
 
 def warnings_of(log):
@@ -504,8 +166,8 @@ def test_a_file_that_is_not_a_socket_is_left_alone(tmp, clean_state):
 
 def test_another_users_slot_is_skipped_with_a_warning_naming_it(tmp, clean_state, other_user,
                                                                tbfast_log):
-    """Issue 15, item 7: another user who takes slot 1 first used to push the worker to
-    slot 2 without a word."""
+    """Another user who takes slot 1 first pushes the worker to slot 2, and the
+    warning says so, naming that user."""
     os.chmod(tmp, 0o1777)  # as /tmp: anyone makes files, only their owner removes them
     with served_by(other_user, tmp + "/tb.1", b"tbfast dump: pid=1 (fake)\n", lock=True):
         assert sockets.enable_tracebacker(tmp + "/tb.") == tmp + "/tb.2"
@@ -527,7 +189,8 @@ def test_another_users_abstract_name_is_skipped_with_a_warning(clean_state, othe
 
 @pytest.mark.parametrize("odd", ["directory", "symlink"])
 def test_an_odd_lock_file_is_skipped_with_a_warning(tmp, clean_state, tbfast_log, odd):
-    """Issue 15, item 7: a directory at tb.1.lock raised IsADirectoryError."""
+    """A directory or a symlink at tb.1.lock is skipped with a warning, and raises
+    nothing."""
     if odd == "directory":
         os.mkdir(tmp + "/tb.1.lock")
     else:
@@ -540,8 +203,8 @@ def test_an_odd_lock_file_is_skipped_with_a_warning(tmp, clean_state, tbfast_log
 
 
 def test_a_directory_others_may_write_to_is_warned_about(tmp, clean_state, tbfast_log):
-    """Issue 15, item 4: in a directory others may write to, without the sticky bit,
-    they can swap the socket or its lock file for something of theirs."""
+    """A directory others may write to, without the sticky bit, is warned about: they
+    can swap the socket or its lock file for something of theirs."""
     os.chmod(tmp, 0o777)
     sockets.enable_tracebacker(tmp + "/tb.")
     assert warnings_of(tbfast_log) == [
@@ -570,10 +233,10 @@ def test_socket_is_0600_from_the_start_and_the_umask_is_untouched(tmp, clean_sta
 
 
 def test_no_mode_is_ever_given_through_a_symlink(tmp, clean_state, monkeypatch):
-    """Issue 15, item 4: the umask takes bits off the mode asked for, so the socket is
-    given its mode after bind().  That chmod followed a symlink swapped in for the
-    socket meanwhile (by another user, in a directory others may write to): a
-    root-owned 0600 file became 0666."""
+    """The umask takes bits off the mode asked for, so the socket is given its mode
+    after bind(); that never follows a symlink swapped in for the socket meanwhile
+    (by another user, in a directory others may write to), which would make a
+    root-owned 0600 file 0666."""
     victim = tmp + "/victim"
     with open(victim, "w") as file:
         file.write("root's")
@@ -883,10 +546,9 @@ def test_client_that_never_reads_holds_the_server_two_seconds_at_most(spawn, tmp
 
 
 def test_clients_that_never_read_hold_up_no_one(spawn, tmp, server):
-    """Issue 15, item 7: thirty clients ask for a dump larger than the socket's buffer
-    and never read.  Each used to hold the server its 2 s write timeout in turn, so
-    a client asking after them waited a minute; now their dumps wait for them side
-    by side, and it gets its own as soon as it is made."""
+    """Thirty clients ask for a dump larger than the socket's buffer and never read.
+    Their dumps wait for them side by side, not each holding the server its 2 s write
+    timeout in turn: a client asking after them gets its own as soon as it is made."""
     worker = spawn({"basename": tmp + "/tb.", "threads": 20, "depth": 400}, server)
     stalled = []
     try:
@@ -905,10 +567,10 @@ def test_clients_that_never_read_hold_up_no_one(spawn, tmp, server):
 
 
 def test_bytes_past_the_request_never_reset_the_answer(spawn, tmp, server):
-    """Issue 15, item 9: the server closed with unread input (bytes sent after the
-    request, more than its drain took) and the kernel reset the connection: the
-    client could not tell a whole answer from a cut one.  Now it reads the whole
-    answer, then end of file, whatever it sent."""
+    """A client that sends bytes after its request, more than the server drains,
+    still reads the whole answer and then end of file: a close with unread input
+    would make the kernel reset the connection, and a reset answer cannot be told
+    from a cut one."""
     worker = spawn({"basename": tmp + "/tb.", "threads": 20, "depth": 400}, server)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.connect(worker.path)
@@ -922,14 +584,14 @@ def test_bytes_past_the_request_never_reset_the_answer(spawn, tmp, server):
             except BlockingIOError:
                 break
         assert sent > 65536, "the socket took only %d bytes" % sent
-        data, end = read_to_the_end(client)
+        data, end = read_until_closed(client)
     assert end == "end of file", "%s after %d bytes of the answer" % (end, len(data))
     assert json.loads(data)["pid"] == worker.pid
 
 
 def test_a_fork_while_a_client_is_served_holds_back_no_end_of_file(spawn, tmp, server):
-    """Issue 15, item 8: a child forked while a client is served inherits the
-    connection; the client used to wait for the end of file until the child exited."""
+    """A child forked while a client is served inherits the connection, and the
+    client still gets its end of file when the answer ends, not when the child exits."""
     worker = spawn({"basename": tmp + "/tb.", "threads": 20, "depth": 400}, server)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.connect(worker.path)
@@ -939,7 +601,7 @@ def test_a_fork_while_a_client_is_served_holds_back_no_end_of_file(spawn, tmp, s
         worker.send("fork")
         child = next(report for report in (worker.read(), worker.read()) if report.get("child"))
         try:
-            data, end = read_to_the_end(client)
+            data, end = read_until_closed(client)
         finally:
             os.kill(child["pid"], signal.SIGUSR1)
     assert end == "end of file", "%s while the child forked during the answer lives" % end
@@ -1016,38 +678,6 @@ def test_other_uid_is_refused(spawn, tmp, server):
 
 # -- autostart (.pth) ----------------------------------------------------------------------
 
-PTH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                   "tbfast_autostart.pth")
-INSTALLED_PTH = os.path.join(os.path.dirname(os.path.dirname(tbfast.__file__)),
-                             "tbfast_autostart.pth")
-
-
-@pytest.fixture(scope="module")
-def autostart_python():
-    """A python whose start-up reads tbfast_autostart.pth: the installed one's
-    when setup.py put it in site-packages, else a bare venv given a copy."""
-    if os.path.exists(INSTALLED_PTH):
-        yield sys.executable
-        return
-    if not os.path.exists(PTH):
-        pytest.skip("no tbfast_autostart.pth beside the tests nor installed")
-    directory = tempfile.mkdtemp(prefix="tbv")
-    try:
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", directory],
-                       check=True, timeout=60)
-        site = subprocess.run([directory + "/bin/python", "-c",
-                               "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                              check=True, capture_output=True, text=True, timeout=30)
-        purelib = site.stdout.strip()
-        # Named to be read before tbfast_autostart.pth: .pth files go in sorted order.
-        with open(os.path.join(purelib, "_tbfast_path.pth"), "w") as file:
-            file.write(os.path.dirname(os.path.dirname(tbfast.__file__)) + "\n")
-        shutil.copy(PTH, purelib)
-        yield directory + "/bin/python"
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def test_autostart_costs_nothing_when_unset(autostart_python):
     result = subprocess.run(
         [autostart_python, "-c", "import sys; print('tbfast' in sys.modules)"],
@@ -1092,203 +722,6 @@ def test_autostart_error_is_one_line_and_the_process_runs(autostart_python, tmp)
                             capture_output=True, text=True, timeout=30)
     assert result.stdout == "still here\n" and len(result.stderr.splitlines()) == 1
     assert "unknown format 'xml'" in result.stderr
-
-
-# -- uWSGI and Celery's billiard ------------------------------------------------------------
-
-UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable))
-UWSGI_APP = r'''
-import os
-from tbfast import sockets
-if os.environ.get("APP_HOOK"):  # the app's own post-fork hook, which must still run
-    import uwsgi
-
-    def post_fork():
-        open(os.environ["APP_HOOK"] + str(uwsgi.worker_id()), "w").close()
-
-    uwsgi.post_fork_hook = post_fork
-if os.environ.get("APP_ENABLE"):
-    sockets.enable_tracebacker(os.environ["APP_ENABLE"])
-
-
-def application(environ, start_response):
-    start_response("200 OK", [])
-    return [b"ok"]
-'''
-
-
-def _run_uwsgi(tmp, env, *options):
-    with open(tmp + "/app.py", "w") as file:
-        file.write(UWSGI_APP)
-    return subprocess.Popen(
-        [UWSGI, "--master", "--processes", "2", "--enable-threads", "--die-on-term",
-         "--need-app", "--socket", tmp + "/uwsgi.sock", "--chdir", tmp, "--wsgi-file",
-         tmp + "/app.py", "-H", sys.prefix, *options],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _uwsgi_worker_dumps(proc, base, workers=2):
-    deadline = time.monotonic() + 30
-    paths = [base + str(number) for number in range(1, workers + 1)]
-    while True:
-        assert proc.poll() is None, proc.stderr.read().decode(errors="replace")
-        try:
-            return [json.loads(ask(path, b"json\n")) for path in paths]
-        except (FileNotFoundError, ConnectionRefusedError):  # not yet bound, or listening
-            assert time.monotonic() < deadline, "uWSGI workers never served %s" % paths
-            time.sleep(0.05)
-
-
-def _stop_uwsgi(proc):
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    proc.stderr.close()
-
-
-@pytest.mark.servers
-@pytest.mark.skipif(UWSGI is None, reason="uwsgi is not installed beside this python")
-@pytest.mark.parametrize("how", ["app", "autostart", "autostart-lazy-apps"])
-def test_uwsgi_workers_serve_their_worker_numbers(tmp, server, how, autostart_python):
-    env = worker_env(server)
-    options = []
-    if how == "app":
-        env["APP_ENABLE"] = tmp + "/tb."
-        env["APP_HOOK"] = tmp + "/hook."
-    else:
-        if autostart_python != sys.executable:
-            pytest.skip("tbfast_autostart.pth is not installed in this python's site-packages")
-        env["TBFAST_TRACEBACKER"] = tmp + "/tb."
-        if how == "autostart-lazy-apps":
-            options.append("--lazy-apps")
-    proc = _run_uwsgi(tmp, env, *options)
-    try:
-        dumps = _uwsgi_worker_dumps(proc, tmp + "/tb.")
-        pids = [dump["pid"] for dump in dumps]
-        assert proc.pid not in pids, "the master serves no socket"
-        assert len(set(pids)) == 2
-        for pid in pids:
-            with open("/proc/%d/stat" % pid) as file:
-                assert int(file.read().rsplit(")", 1)[1].split()[1]) == proc.pid
-        assert not os.path.exists(tmp + "/tb.0")
-        if how == "app":  # the hook that was there runs too, after ours
-            deadline = time.monotonic() + 20
-            while not all(os.path.exists(tmp + "/hook.%d" % n) for n in (1, 2)):
-                assert time.monotonic() < deadline, "the app's own post-fork hook never ran"
-                time.sleep(0.02)
-    finally:
-        _stop_uwsgi(proc)
-
-
-BILLIARD_SCRIPT = r'''
-import json, sys
-import billiard
-from tbfast import sockets
-
-def where(_):
-    now = sockets.current()
-    return now.worker_id, now.source, now.pid
-
-if __name__ == "__main__":
-    sockets.enable_tracebacker(sys.argv[1], 0)   # the pool's parent takes 0, as uWSGI's master
-    with billiard.Pool(2) as pool:
-        seen = set()
-        for _ in range(200):
-            seen.update(pool.map(where, range(4), chunksize=1))
-            if len({pid for _, _, pid in seen}) == 2:
-                break
-    print(json.dumps(sorted(seen)))
-'''
-
-
-def test_billiard_children_take_pool_index_plus_one(tmp):
-    pytest.importorskip("billiard")
-    with open(tmp + "/pool.py", "w") as file:
-        file.write(BILLIARD_SCRIPT)
-    result = subprocess.run([sys.executable, tmp + "/pool.py", tmp + "/tb."], env=worker_env(),
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    seen = json.loads(result.stdout)
-    assert [(worker_id, source) for worker_id, source, _ in seen] == [
-        (1, "billiard"), (2, "billiard")]
-
-
-GUNICORN_APP = r'''
-import os
-from tbfast import sockets
-if os.environ.get("APP_ENABLE"):
-    sockets.enable_tracebacker(os.environ["APP_ENABLE"])
-
-
-def application(environ, start_response):
-    start_response("200 OK", [])
-    return [b"ok"]
-'''
-
-
-def _served_pids(paths, timeout=30, exclude=()):
-    """{path: pid} once every path answers with a pid not in `exclude`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = {}
-        for path in paths:
-            try:
-                pid = json.loads(ask(path, b"json\n", timeout=5))["pid"]
-            except (OSError, ValueError):
-                continue
-            if pid not in exclude:
-                pids[path] = pid
-        if len(pids) == len(paths):
-            return pids
-        assert time.monotonic() < deadline, "not all of %s served: %s" % (paths, pids)
-        time.sleep(0.05)
-
-
-def gunicorn_quiet_options():
-    """gunicorn >= 25 opens ~/.gunicorn/gunicorn.ctl unless told not to."""
-    help_text = subprocess.run([sys.executable, "-m", "gunicorn", "--help"],
-                               capture_output=True, text=True, timeout=30).stdout
-    return ["--no-control-socket"] if "--no-control-socket" in help_text else []
-
-
-@pytest.mark.servers
-@pytest.mark.parametrize("how", ["app", "autostart"])
-def test_gunicorn_respawned_worker_takes_the_dead_ones_number(tmp, server, how,
-                                                               autostart_python):
-    pytest.importorskip("gunicorn")
-    env = worker_env(server)
-    if how == "app":  # enabled in each worker, which imports the app after fork
-        env["APP_ENABLE"] = tmp + "/tb."
-        paths = [tmp + "/tb.1", tmp + "/tb.2"]
-    else:  # the arbiter serves none; each forked worker its own, from slot 1
-        if autostart_python != sys.executable:
-            pytest.skip("tbfast_autostart.pth is not installed in this python's site-packages")
-        env["TBFAST_TRACEBACKER"] = tmp + "/tb."
-        paths = [tmp + "/tb.1", tmp + "/tb.2"]
-    with open(tmp + "/app.py", "w") as file:
-        file.write(GUNICORN_APP)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", "unix:%s/g.sock" % tmp,
-         "--chdir", tmp, *gunicorn_quiet_options(), "app:application"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
-    try:
-        pids = _served_pids(paths)
-        assert proc.pid not in pids.values() and len(set(pids.values())) == 2
-        os.kill(pids[paths[0]], signal.SIGKILL)  # the arbiter forks a new worker
-        respawned = _served_pids(paths[:1], exclude=set(pids.values()))
-        assert respawned[paths[0]] != pids[paths[0]]
-        assert _served_pids(paths[1:]) == {paths[1]: pids[paths[1]]}
-        assert not os.path.exists(tmp + "/tb.%d" % (len(paths) + 1))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.mark.parametrize("mode", [0, 0o400, 0o200, 0o044])

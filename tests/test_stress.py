@@ -1,6 +1,5 @@
-"""Issue #9, items 2 and 3: GIL-free dumps by the thousand under load, and signals
-by the thousand, re-entrant, during socket dumps and from several processes into
-one pipe.  Every dump is parsed whole (tests/stress_worker.py says what well
+"""GIL-free dumps by the thousand under load, and signals by the thousand,
+re-entrant, during socket dumps and from several processes into one pipe.  Every dump is parsed whole (tests/stress_worker.py says what well
 formed means); every load runs in a subprocess under a hard timeout.
 
 TBFAST_SOAK=N raises the stress test's 10,000 dumps to N (scripts/soak).  Each

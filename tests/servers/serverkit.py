@@ -272,13 +272,6 @@ class Request(threading.Thread):
 
 # -- servers -----------------------------------------------------------------------------
 
-def server_env(**extra):
-    """This environment without TBFAST_* (nothing inherited by accident), plus `extra`."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TBFAST_")}
-    env.update({key: str(value) for key, value in extra.items()})
-    return env
-
-
 class Server:
     """A server process in its own session: its log (stdout and stderr) goes to a file."""
 
@@ -472,3 +465,22 @@ def uwsgi_binary():
     """uwsgi beside this python (a venv's), else on PATH; None when there is none."""
     return (shutil.which("uwsgi", path=os.path.dirname(sys.executable))
             or shutil.which("uwsgi"))
+
+
+def stop(proc, signum, seconds):
+    """Sends `signum` to a server started without launch() and waits `seconds` for it
+    to exit, then kills it."""
+    proc.send_signal(signum)
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def no_control_socket():
+    """gunicorn's option to open no control socket, where it has one: from 25 on it
+    opens ~/.gunicorn/gunicorn.ctl unless told not to."""
+    from gunicorn.config import KNOWN_SETTINGS  # here: only the gunicorn tests have gunicorn
+    return (["--no-control-socket"] if any(setting.name == "control_socket_disable"
+                                            for setting in KNOWN_SETTINGS) else [])

@@ -15,7 +15,8 @@ import tempfile
 
 import pytest
 
-from serverkit import budget, parse_dumps, server_env  # noqa: F401 - budget is a fixture
+from serverkit import budget, parse_dumps  # noqa: F401 - budget is a fixture
+from workerkit import worker_env
 
 pytestmark = pytest.mark.servers
 pytest.importorskip("celery")
@@ -63,7 +64,7 @@ def test_soft_and_hard_time_limits_dump_the_stuck_task(workdir, budget):
             [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork",
              "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
              "--without-heartbeat"],
-            cwd=workdir, env=server_env(PYTHONPATH=workdir), stdin=subprocess.DEVNULL,
+            cwd=workdir, env=worker_env(PYTHONPATH=workdir), stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def worker_log():
@@ -74,7 +75,7 @@ def test_soft_and_hard_time_limits_dump_the_stuck_task(workdir, budget):
         budget.wait_for(lambda: "ready." in worker_log(), 30, "the worker to start\n" + worker_log())
         task_id = subprocess.run(
             [sys.executable, "-c", "import tasks; print(tasks.stuck_in_c.delay().id)"],
-            cwd=workdir, env=server_env(PYTHONPATH=workdir), stdout=subprocess.PIPE,
+            cwd=workdir, env=worker_env(PYTHONPATH=workdir), stdout=subprocess.PIPE,
             check=True, timeout=budget.left(30)).stdout.decode().strip()
         started = os.path.join(workdir, "started")
         budget.wait_for(lambda: os.path.exists(started), 20, "the task to start\n" + worker_log())

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import time
 
 import pytest
 from serverkit import UnixHTTPConnection
+from workerkit import ask
 
 pytestmark = pytest.mark.servers
 
@@ -46,28 +46,13 @@ def send_slow_request(http_socket):
         pass
 
 
-def read_json(path):
-    client = socket.socket(socket.AF_UNIX)
-    client.settimeout(5)
-    client.connect(path)
-    client.sendall(b"json\n")
-    data = b""
-    while True:
-        chunk = client.recv(1 << 20)
-        if not chunk:
-            break
-        data += chunk
-    client.close()
-    return json.loads(data)
-
-
 def busy_threads(paths, seconds=30):
     """(pid, chain) of every thread in slow.py over the workers' dumps, once there are 4."""
     deadline = time.monotonic() + seconds
     while True:
         found = []
         for path in paths:
-            document = read_json(path)
+            document = json.loads(ask(path, b"json\n", timeout=5))
             for thread in document["threads"]:
                 chain = [(frame["function"], frame["line"]) for frame in thread["frames"]
                          if frame["file"].endswith("slow.py")]

@@ -15,22 +15,19 @@ import pytest
 
 from serverkit import (  # noqa: F401 - budget and launch are fixtures
     CLOSED_WITHOUT_ANSWER, Request, app_frames, budget, context_of, find_dump, get, launch,
-    log_index, regex_length, request_id, server_env)
+    log_index, no_control_socket, regex_length, request_id)
+from workerkit import worker_env
 
 pytestmark = pytest.mark.servers
-gunicorn = pytest.importorskip("gunicorn")
-from gunicorn.config import KNOWN_SETTINGS  # noqa: E402
-
-# gunicorn >= 25 opens a control socket in ~/.gunicorn unless told not to
-NO_CONTROL_SOCKET = (["--no-control-socket"] if any(
-    setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS) else [])
+pytest.importorskip("gunicorn")
+NO_CONTROL_SOCKET = no_control_socket()
 
 
 def start_gunicorn(launch, budget, options, **env):
     server = launch([sys.executable, "-m", "gunicorn", "-c", "python:tbfast.gunicorn",
                      "--bind", "unix:{socket}", "--workers", "1", "--error-logfile", "-",
                      *NO_CONTROL_SOCKET, *options, "app:application"],
-                    server_env(**env))
+                    worker_env(**env))
     return server, server.wait_ready(budget)["pid"]
 
 

@@ -13,8 +13,9 @@ import sys
 import pytest
 
 from serverkit import (  # noqa: F401 - budget and launch are fixtures
-    CLOSED_WITHOUT_ANSWER, Request, app_frames, budget, context_of, get, launch, request_id,
-    server_env)
+    CLOSED_WITHOUT_ANSWER, Request, app_frames, budget, context_of, get, launch,
+    no_control_socket, request_id)
+from workerkit import worker_env
 
 pytestmark = pytest.mark.servers
 pytest.importorskip("gunicorn")
@@ -47,8 +48,9 @@ def test_dump_of_a_worker_killed_while_holding_the_gil_arrives_from_the_respawne
     config.write_text(CONFIG)
     server = launch([sys.executable, "-m", "gunicorn", "-c", str(config), "--bind",
                      "unix:{socket}", "--workers", "1", "--worker-class", "sync",
-                     "--timeout", "30", "--error-logfile", "-", "app:application"],
-                    server_env(TBFAST_HARAKIRI=1, TBFAST_HARAKIRI_ACTION="abort",
+                     "--timeout", "30", "--error-logfile", "-", *no_control_socket(),
+                     "app:application"],
+                    worker_env(TBFAST_HARAKIRI=1, TBFAST_HARAKIRI_ACTION="abort",
                                TEST_SENTRY_DSN=receiver.dsn, TEST_SPOOL=spool))
     pid = server.wait_ready(budget)["pid"]
     rid = request_id()

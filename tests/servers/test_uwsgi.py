@@ -20,7 +20,8 @@ import pytest
 
 from serverkit import (  # noqa: F401 - budget and launch are fixtures
     CLOSED_WITHOUT_ANSWER, Request, app_frames, budget, context_of, find_dump, get, launch,
-    regex_length, request_id, server_env, uwsgi_binary)
+    regex_length, request_id, uwsgi_binary)
+from workerkit import worker_env
 
 UWSGI = uwsgi_binary()
 pytestmark = [pytest.mark.servers, pytest.mark.skipif(
@@ -37,7 +38,7 @@ def start_uwsgi(launch, budget, options, **env):
     server = launch([UWSGI, "--master", "--enable-threads", "--need-app", "--die-on-term",
                      "--http-socket", "{socket}", "--chdir", "{dir}",
                      "--wsgi-file", "{dir}/app.py", "-H", sys.prefix, *options],
-                    server_env(**env))
+                    worker_env(**env))
     return server, server.wait_ready(budget)["pid"]
 
 

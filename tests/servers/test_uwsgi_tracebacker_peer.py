@@ -1,10 +1,9 @@
-"""The peer check of issue 3: on one app with one request stuck holding the GIL,
-tbfast's socket answers and uWSGI's own --py-tracebacker does not."""
+"""tbfast beside its peer, uWSGI's own --py-tracebacker: on one app with one request
+stuck holding the GIL, tbfast's socket answers and uWSGI's does not."""
 
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,7 +12,8 @@ import threading
 import time
 
 import pytest
-from serverkit import UnixHTTPConnection
+from serverkit import UnixHTTPConnection, uwsgi_binary
+from workerkit import answer_of
 
 pytestmark = pytest.mark.servers
 
@@ -36,22 +36,8 @@ APP = textwrap.dedent("""
 
 def read_socket(path, seconds):
     """Everything a tracebacker socket sends within `seconds`, and whether it closed."""
-    client = socket.socket(socket.AF_UNIX)
-    client.settimeout(seconds)
-    client.connect(path)
-    data, deadline = b"", time.monotonic() + seconds
-    try:
-        while time.monotonic() < deadline:
-            client.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = client.recv(65536)
-            if not chunk:
-                return data, True
-            data += chunk
-    except socket.timeout:
-        pass
-    finally:
-        client.close()
-    return data, False
+    data, ending = answer_of(path, timeout=seconds)
+    return data, ending == "end of file"
 
 
 def wait_for(paths, seconds):
@@ -62,7 +48,7 @@ def wait_for(paths, seconds):
 
 
 def test_uwsgi_tracebacker_hangs_where_tbfast_answers():
-    uwsgi = shutil.which("uwsgi")
+    uwsgi = uwsgi_binary()
     if uwsgi is None:
         pytest.skip("uwsgi is not installed (it did not build here)")
     workdir = tempfile.mkdtemp(prefix="tbfast-peer-")
