@@ -3,7 +3,7 @@
 # (tbfast/sockets.py) names, binds and listens; this file only serves.
 #
 # Protocol: connect; optionally send one line (at most REQUEST_MAX bytes) of
-# words within REQUEST_WAIT_MS: a format (text, uwsgi or json), `locals`, and
+# words within REQUEST_WAIT_MS: a format (text, uwsgi, json or faulthandler), `locals`, and
 # `gil-free`; read the dump until the server closes.  Nothing sent means the
 # default format, so uWSGI's --connect-and-read works unchanged.
 #

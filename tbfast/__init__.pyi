@@ -13,7 +13,7 @@ from . import sockets as sockets, watchdog as watchdog
 from ._tbcore import HarakiriScope
 from .watchdog import HarakiriError as HarakiriError
 
-_Format = Literal["text", "uwsgi", "json"]
+_Format = Literal["text", "uwsgi", "json", "faulthandler"]
 
 __all__ = [
     "HAS_CORE", "MODE", "FALLBACK_REASON", "FORMATS", "dump_traceback", "format_traceback", "register",

@@ -1,4 +1,5 @@
-"""The Python formatter: a dump's text, uwsgi and json formats, made holding the GIL.
+"""The Python formatter: a dump's text, uwsgi, json and faulthandler formats, made
+holding the GIL.
 
 The fallback's dumps come from here, and so do the dumps with locals (safe reprs
 need the GIL) and the frames of tbfast.rich and tbfast.sentry, whether or not the
@@ -263,11 +264,14 @@ def _format_json_threads(threads):
     return b",".join(items)
 
 
-def format_dump(all_threads, fmt, skip, trigger="api", exclude_self=False, safe=None):
-    """The whole dump as bytes, in format 'text', 'uwsgi' or 'json'; without the
-    calling thread with `exclude_self`; with each frame's locals, repr'd by `safe`
-    (a SafeRepr), when it is given and the format is not uwsgi (whose line
-    grammar has no place for them)."""
+def format_dump(all_threads, fmt, skip, trigger="api", exclude_self=False, safe=None,
+                max_threads=0):
+    """The whole dump as bytes, in format 'text', 'uwsgi', 'json' or 'faulthandler';
+    without the calling thread with `exclude_self`; with each frame's locals, repr'd
+    by `safe` (a SafeRepr), when it is given and the format is text or json (the
+    others' grammar has no place for them); `max_threads` as faulthandler's."""
+    if fmt == "faulthandler":
+        return _format_faulthandler(all_threads, skip + 1, exclude_self, max_threads)
     if fmt == "uwsgi":
         safe = None
     if safe is None:
@@ -285,6 +289,80 @@ def format_dump(all_threads, fmt, skip, trigger="api", exclude_self=False, safe=
     header = b"tbfast dump: pid=%d time=%s trigger=%s mode=%s threads=%d\n" % (
         pid, now.encode(), trigger.encode(), MODE.encode(), len(threads))
     return header + _format_text(threads)
+
+
+# faulthandler's format, as src/_faulthandler.pxi writes it (see there for the rules).
+_FAULTHANDLER_STRING_LIMIT = 500
+_FAULTHANDLER_DEPTH_LIMIT = 100
+_FAULTHANDLER_ELLIPSIS = sys.version_info < (3, 13)
+_FAULTHANDLER_THREAD_NAMES = sys.version_info >= (3, 14)
+
+
+def _faulthandler_ascii(text):
+    """_Py_DumpASCII: printable ASCII as it is, other code points escaped; cut at 500."""
+    escaped = "".join(
+        char if 0x20 <= ord(char) <= 0x7e else
+        "\\x%02x" % ord(char) if ord(char) <= 0xff else
+        "\\u%04x" % ord(char) if ord(char) <= 0xffff else "\\U%08x" % ord(char)
+        for char in text[:_FAULTHANDLER_STRING_LIMIT])
+    return escaped + ("..." if len(text) > _FAULTHANDLER_STRING_LIMIT else "")
+
+
+def _faulthandler_frames(frame):
+    lines = []
+    if frame is None:
+        return ["  <no Python frame>"]
+    while frame is not None:
+        if len(lines) == _FAULTHANDLER_DEPTH_LIMIT:
+            if _FAULTHANDLER_ELLIPSIS:
+                lines.append("  ...")
+            break
+        code = frame.f_code
+        lines.append('  File "%s", line %s in %s' % (
+            _faulthandler_ascii(code.co_filename),
+            frame.f_lineno if frame.f_lineno is not None else "???",
+            _faulthandler_ascii(code.co_name)))
+        frame = frame.f_back
+    return lines
+
+
+def _kernel_thread_name(native_id):
+    try:
+        with open("/proc/self/task/%d/comm" % native_id, "rb") as comm:
+            name = comm.read(64).rstrip(b"\n")
+    except (OSError, TypeError):
+        return ""
+    return " [%s]" % printable(name).decode("utf-8", "replace") if name else ""
+
+
+def _faulthandler_block(ident, frame, current):
+    known = threading._active.get(ident)
+    name = _kernel_thread_name(getattr(known, "native_id", None) if not current
+                               else threading.get_native_id()) if _FAULTHANDLER_THREAD_NAMES else ""
+    return ["%s 0x%016x%s (most recent call first):" % (
+        "Current thread" if current else "Thread", ident, name)] + _faulthandler_frames(frame)
+
+
+def _format_faulthandler(all_threads, skip, exclude_self, max_threads):
+    """The threads newest first (the order sys._current_frames() keeps), each as
+    faulthandler writes it; past `max_threads` (0: all) its "...", then the current
+    and the main thread if they were cut."""
+    current, main = threading.get_ident(), threading.main_thread().ident
+    frames_by_thread = current_frames()
+    frames_by_thread[current] = sys._getframe(skip + 1)
+    if not all_threads:
+        lines = ["Stack (most recent call first):"] + _faulthandler_frames(frames_by_thread[current])
+        return ("\n".join(lines) + "\n").encode()
+    excluded = {_left_out_ident()} | ({current} if exclude_self else set())
+    idents = [ident for ident in frames_by_thread if ident not in excluded]
+    shown = idents if max_threads == 0 else idents[:max(max_threads, 0)]
+    blocks = ["\n".join(_faulthandler_block(ident, frames_by_thread[ident], ident == current))
+              for ident in shown]
+    if len(shown) < len(idents):
+        blocks.append("...")
+        blocks += ["\n".join(_faulthandler_block(ident, frames_by_thread[ident], ident == current))
+                   for ident in (current, main) if ident in idents and ident not in shown]
+    return ("\n\n".join(blocks) + "\n").encode()
 
 
 def set_context(text):

@@ -74,7 +74,8 @@ def write_dump(fd, dump):
         _stalled_fds.discard(fd)
 
 
-def dump_to_fd(fd, all_threads, fmt, skip, trigger="api", safe=None):
+def dump_to_fd(fd, all_threads, fmt, skip, trigger="api", safe=None, max_threads=0):
     """An API dump (format_dump's arguments) written to the caller's fd."""
-    write_all(fd, format_dump(all_threads, fmt, skip + 1, trigger, safe=safe), API_WRITE_SECONDS)
+    write_all(fd, format_dump(all_threads, fmt, skip + 1, trigger, safe=safe,
+                              max_threads=max_threads), API_WRITE_SECONDS)
 

@@ -85,7 +85,7 @@ def enable_tracebacker(basename, worker_id=None, *, mode=0o600, format="text"):
     ``"/tmp/tbsocket."`` gives ``/tmp/tbsocket.1``, ``/tmp/tbsocket.2``...; a name
     starting with ``@`` is a Linux abstract socket (no file, `mode` unused).
     Only this uid and root may read the socket, which is created with `mode`.
-    `format` (text, uwsgi or json) is used when a client asks for none.
+    `format` (text, uwsgi, json or faulthandler) is used when a client asks for none.
     Returns the socket's path; None in a uWSGI master, where nothing is bound
     and each worker binds its own after fork.  Enabling again replaces the
     socket served before; a child after os.fork() serves one of its own.

@@ -196,3 +196,31 @@ def test_its_errors_are_faulthandlers():
         faulthandler.dump_traceback_later(0)
     with pytest.raises(ValueError, match="file is not a valid file descriptor"):
         faulthandler.dump_traceback(-1)
+
+
+def test_the_python_formatter_writes_what_the_core_writes():
+    import threading
+
+    import tbfast
+    from tbfast import _pyformat
+    started, stop = threading.Event(), threading.Event()
+
+    def waiter():
+        started.set()
+        stop.wait()
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    started.wait()
+    try:
+        for all_threads in (True, False):
+            core, python = (tbfast._impl.format_dump(all_threads, "faulthandler", 0), _pyformat.format_dump(all_threads, "faulthandler", 0))  # noqa: E501 - one line, one line number
+            assert python == core
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_every_entry_point_takes_the_faulthandler_format():
+    import tbfast
+    text = tbfast.format_traceback(format="faulthandler")
+    assert "Current thread 0x" in text and "in test_every_entry_point" in text
