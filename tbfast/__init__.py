@@ -9,7 +9,7 @@ the pure-Python fallback gives the same output whenever the GIL can be taken.
 import os as _os
 import signal as _signal
 
-from . import _limits, _names, _pyformat, _pywrite, watchdog
+from . import _crash, _limits, _names, _pyformat, _pywrite, watchdog
 from ._backend import CAPABILITIES as _CAPABILITIES, FALLBACK_REASON, HAS_CORE, MODE
 from ._backend import impl as _impl, warn_if_fallback as _warn_if_fallback
 from ._fds import fd_of as _fd_of
@@ -22,7 +22,7 @@ __all__ = [
     "HAS_CORE", "MODE", "FALLBACK_REASON", "FORMATS", "dump_traceback", "format_traceback", "register",
     "unregister", "set_context", "get_context", "configure", "harakiri", "HarakiriError",
     "dump_traceback_later", "cancel_dump_traceback_later", "Breakpoint",
-    "enable_tracebacker", "disable_tracebacker",
+    "enable_tracebacker", "disable_tracebacker", "enable", "disable", "is_enabled",
 ]
 __version__ = "0.1.0"
 
@@ -62,6 +62,36 @@ def format_traceback(all_threads=True, *, format="text", locals=False):
 
 
 _registered_files = {}
+
+
+def enable(file=None, all_threads=True, *, format="text"):
+    """The crash handler: on SIGSEGV, SIGFPE, SIGABRT, SIGBUS or SIGILL, every thread's
+    stack, walked without the GIL, to `file` (default sys.stderr; False: none), and,
+    when tbfast.spool is configured, as JSON to the spool, where the next process
+    that configures it logs the dump and ships it (tbfast.sentry).  Then the handler
+    that was there before runs, or the default action: the process dies as it would
+    have, with the same exit status and core dump.  TBFAST_FAULTHANDLER=1 enables it
+    at start-up.  One crash handler per process: tbfast.faulthandler.enable() sets
+    the same one, in faulthandler's format.
+
+    No Python code can run in a crashing process: the fallback enables the standard
+    library's faulthandler instead, and says so once in the log."""
+    _check_format(format)
+    fd = -1 if file is False else _fd_of(file)
+    _warn_if_fallback("enable()")
+    _crash.install(fd, format, bool(all_threads))
+    _registered_files["enable"] = file
+
+
+def disable():
+    """Puts back the handlers enable() replaced; False if it was not enabled."""
+    _registered_files.pop("enable", None)
+    return _impl.crash_disable()
+
+
+def is_enabled():
+    """Whether the crash handler is in effect."""
+    return _impl.crash_enabled()
 
 
 def register(signum, file=None, all_threads=True, chain=False, *, format="text", log=False):

@@ -7,6 +7,7 @@ whenever they run they equal the core's: they come from the Python formatter
 server tbfast._fallback_server.
 """
 
+import faulthandler
 import signal
 import threading
 
@@ -22,6 +23,7 @@ __all__ = [
     "MODE", "FAULT_SIGNALS", "format_dump", "dump_to_fd", "configure", "set_context",
     "get_context", "register", "unregister", "serve_start", "serve_stop", "HarakiriScope",
     "watchdog_configure", "take_mailbox", "raise_in_thread", "dump_later", "cancel_dump_later",
+    "crash_enable", "crash_disable", "crash_enabled",
 ]
 
 _registered = {}
@@ -54,6 +56,22 @@ def unregister(signum):
         return False
     signal.signal(signum, _registered.pop(signum))
     return True
+
+
+def crash_enable(fd, fmt, all_threads, c_stack, max_threads, preambles, triggers):
+    """No Python code runs in a crashing process: the standard library's faulthandler
+    dumps instead, in its own format, to `fd` (-1: stderr)."""
+    faulthandler.enable(fd if fd >= 0 else None, all_threads)
+
+
+def crash_disable():
+    enabled = faulthandler.is_enabled()
+    faulthandler.disable()
+    return enabled
+
+
+def crash_enabled():
+    return faulthandler.is_enabled()
 
 
 def configure(buffer_size):

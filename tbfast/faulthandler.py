@@ -18,7 +18,7 @@ import math as _math
 import signal as _signal
 import sys as _sys
 
-from . import _backend
+from . import _backend, _crash
 
 __all__ = ["enable", "disable", "is_enabled", "dump_traceback", "dump_traceback_later",
            "cancel_dump_traceback_later", "register", "unregister"]
@@ -28,11 +28,6 @@ if _sys.version_info >= (3, 14):
 _core = _backend.impl
 _VERSION = _sys.version_info[:2]
 _MAX_THREADS = 100  # faulthandler's MAX_NTHREADS, and 3.15's max_threads default
-_FAULT_SIGNALS = (_signal.SIGBUS, _signal.SIGILL, _signal.SIGFPE, _signal.SIGABRT,
-                  _signal.SIGSEGV)  # the core's crash handler takes them in this order
-_FAULT_NAMES = ("Bus error", "Illegal instruction",
-                "Floating-point exception" if _VERSION >= (3, 13) else "Floating point exception",
-                "Aborted", "Segmentation fault")
 
 _files = {}  # what each installed dump writes to, kept open while it may write
 
@@ -63,11 +58,7 @@ def _keep(key, file):
 
 
 def _enable(file, all_threads, c_stack, max_threads):
-    fd = _fd_of(file)
-    _core.crash_enable(fd, "faulthandler", bool(all_threads), bool(c_stack), max_threads,
-                       [b"Fatal Python error: %s\n\n" % name.encode() for name in _FAULT_NAMES],
-                       [b"fatal:" + _signal.Signals(signum).name.encode()
-                        for signum in _FAULT_SIGNALS])
+    _crash.install(_fd_of(file), "faulthandler", bool(all_threads), bool(c_stack), max_threads)
     _keep("enable", file)
 
 
@@ -122,7 +113,7 @@ def cancel_dump_traceback_later():
 
 
 def _register(signum, file, all_threads, chain, max_threads):
-    if signum in _FAULT_SIGNALS:
+    if signum in _crash.FAULT_SIGNALS:
         raise RuntimeError("signal %d cannot be registered, use enable() instead" % signum)
     if signum < 1 or signum >= _signal.NSIG:
         raise ValueError("signal number out of range")
