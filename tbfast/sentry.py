@@ -3,8 +3,11 @@
     import tbfast.sentry
     tbfast.sentry.setup("https://<key>@<host>/<project>")   # or the DSN sentry_sdk.init had
 
-From then on every harakiri dump, every signal dump registered with log=True
-and every tbfast.sentry.capture() becomes one Sentry event: the threads
+From then on every harakiri dump, every signal dump registered with log=True,
+every crash dump that tbfast.enable() spooled (sent by the next process that
+sets this up: a fatal event whose exception names the signal in its mechanism,
+as Sentry's native SDKs report crashes) and every tbfast.sentry.capture()
+becomes one Sentry event: the threads
 interface holds every thread's stack (frames oldest first, with source context
 read with linecache, and locals with with_locals=True), the stuck thread is
 marked crashed and the dumping one current; tags carry the trigger, pid, worker
@@ -24,6 +27,7 @@ import json
 import linecache
 import logging
 import os
+import signal
 import sysconfig
 import tempfile
 import threading
@@ -229,6 +233,9 @@ def event_from_dump(document, key):
     else:
         message = "%s: dump of pid %d, thread %s in %s" % (
             trigger, document["pid"], crashed["name"] if crashed else "?", where)
+    if kind == "fatal":
+        message = "%s: pid %d crashed, thread %s in %s" % (
+            trigger, document["pid"], crashed["name"] if crashed else "?", where)
     tags = {"tbfast.trigger": trigger, "tbfast.pid": str(document["pid"])}
     if worker is not None:
         tags["tbfast.worker"] = str(worker)
@@ -236,10 +243,10 @@ def event_from_dump(document, key):
         tags["tbfast.thread"] = (crashed["name"] or str(crashed["ident"]))[:200]
         if crashed["context"]:
             tags["tbfast.context"] = crashed["context"][:200]
-    return {
+    event = {
         "event_id": _event_id(key),
         "timestamp": document["time"],
-        "level": "error" if kind == "harakiri" else "warning",
+        "level": {"harakiri": "error", "fatal": "fatal"}.get(kind, "warning"),
         "platform": "python",
         "logger": "tbfast",
         "message": message,
@@ -254,6 +261,22 @@ def event_from_dump(document, key):
             "stuck_seconds": crashed.get("stuck_seconds") if crashed else None,
             "truncated": document["truncated"], "key": key}},
     }
+    if kind == "fatal" and crashed:
+        event["exception"] = {"values": [_signal_exception(trigger.partition(":")[2], crashed,
+                                                           values)]}
+    return event
+
+
+def _signal_exception(name, crashed, values):
+    """The exception of a crash, as Sentry's native SDKs send one: the signal, in a
+    mechanism of type signalhandler, on the crashed thread's stack."""
+    number = getattr(signal, name, None)
+    description = signal.strsignal(number) if number is not None else None
+    return {"type": name, "value": description or name, "thread_id": crashed["ident"],
+            "mechanism": {"type": "signalhandler", "handled": False, "synthetic": True,
+                          "meta": {"signal": {"number": int(number) if number is not None else None,
+                                              "name": name}}},
+            "stacktrace": next(value["stacktrace"] for value in values if value["crashed"])}
 
 
 def _frames(thread, live_frame):

@@ -124,3 +124,28 @@ def test_capture_on_demand_returns_the_event_id_sent(receiver, shipping):
     assert current[0]["stacktrace"]["frames"][-2]["function"] == (
         "test_capture_on_demand_returns_the_event_id_sent")
     assert event["tags"]["tbfast.context"] == "manual check"
+
+
+def test_a_crash_spooled_by_a_dead_process_is_one_fatal_event_naming_the_signal(receiver, shipping):
+    import subprocess
+    import sys
+    crash = ("import ctypes, tbfast, tbfast.spool\n"
+             "tbfast.spool.configure(%r)\n"
+             "tbfast.enable(False)\n"
+             "tbfast.set_context('GET /crash')\n"
+             "def crash_here():\n"
+             "    ctypes.string_at(0)\n"
+             "crash_here()\n" % str(shipping))
+    result = subprocess.run([sys.executable, "-c", crash], capture_output=True, timeout=60)
+    assert result.returncode == -signal.SIGSEGV and result.stderr == b"", result.stderr
+    tbfast.sentry.setup(receiver.dsn, spool_dir=shipping)
+    event = event_of(receiver)
+    assert event["level"] == "fatal" and event["tags"]["tbfast.trigger"] == "fatal:SIGSEGV"
+    assert event["tags"]["tbfast.context"] == "GET /crash"
+    (exception,) = event["exception"]["values"]
+    assert exception["type"] == "SIGSEGV" and exception["mechanism"]["type"] == "signalhandler"
+    assert exception["mechanism"]["meta"]["signal"] == {"number": signal.SIGSEGV, "name": "SIGSEGV"}
+    (crashed,) = [thread for thread in event["threads"]["values"] if thread["crashed"]]
+    assert crashed["name"] == "MainThread" and exception["thread_id"] == crashed["id"]
+    functions = [frame["function"] for frame in crashed["stacktrace"]["frames"]]
+    assert functions[-3:] == ["<module>", "crash_here", "string_at"]  # oldest first

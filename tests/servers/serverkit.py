@@ -40,6 +40,7 @@ TEST_SECONDS = 55.0  # every test stays under a minute, teardown included
 # in which worker.  The "# stuck:" and "# calls:" comments mark the lines the dumps
 # must show (see app_line).
 APP = r'''
+import ctypes
 import itertools
 import json
 import os
@@ -82,6 +83,10 @@ def stuck_in_sum():
     sum(itertools.repeat(1, 10 ** 10))  # stuck: sum
 
 
+def crash_in_c():
+    ctypes.string_at(0)  # stuck: crash
+
+
 def raw_application(environ, start_response):
     path = environ["PATH_INFO"]
     query = dict(parse_qsl(environ.get("QUERY_STRING", "")))
@@ -94,6 +99,8 @@ def raw_application(environ, start_response):
         stuck_in_regex(int(query["n"]))  # calls: regex
     elif path == "/sum":
         stuck_in_sum()  # calls: sum
+    elif path == "/crash":  # a NULL read: the worker dies by SIGSEGV
+        crash_in_c()  # calls: crash
     body = json.dumps({"pid": os.getpid(), "path": path, "query": query}).encode()
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(body)))])
