@@ -190,7 +190,7 @@ if not _backend.HAS_CORE:  # the standard library's, whole: see the module's doc
         cancel_dump_traceback_later, disable, dump_traceback, dump_traceback_later, enable,
         is_enabled, register, unregister)
     if _VERSION >= (3, 14):
-        from faulthandler import dump_c_stack  # noqa: F811
+        from faulthandler import dump_c_stack  # noqa: F401,F811
 elif _stdlib.is_enabled():  # -X faulthandler, PYTHONFAULTHANDLER: one report per crash
     _stdlib.disable()
     enable()

@@ -198,26 +198,14 @@ def test_its_errors_are_faulthandlers():
         faulthandler.dump_traceback(-1)
 
 
-def test_the_python_formatter_writes_what_the_core_writes():
-    import threading
-
+def test_the_python_formatter_writes_what_the_core_writes(parked):
+    import shapes
     import tbfast
     from tbfast import _pyformat
-    started, stop = threading.Event(), threading.Event()
-
-    def waiter():
-        started.set()
-        stop.wait()
-    thread = threading.Thread(target=waiter)
-    thread.start()
-    started.wait()
-    try:
-        for all_threads in (True, False):
-            core, python = (tbfast._impl.format_dump(all_threads, "faulthandler", 0), _pyformat.format_dump(all_threads, "faulthandler", 0))  # noqa: E501 - one line, one line number
-            assert python == core
-    finally:
-        stop.set()
-        thread.join()
+    parked(shapes.nested)
+    for all_threads in (True, False):
+        core, python = (tbfast._impl.format_dump(all_threads, "faulthandler", 0), _pyformat.format_dump(all_threads, "faulthandler", 0))  # noqa: E501 - one line, one line number
+        assert python == core
 
 
 def test_every_entry_point_takes_the_faulthandler_format():
