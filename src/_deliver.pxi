@@ -61,6 +61,7 @@ cdef extern from *:
     #include <sys/ioctl.h>
     #include <sys/socket.h>
     #include <sys/stat.h>
+    #include <sys/sysmacros.h>
     #include <unistd.h>
     enum { TB_WRITE_WHOLE, TB_WRITE_SOCKET, TB_WRITE_CHUNKS };
     static long tb_page_bytes = 4096;  /* a pipe's slot; set at import by tb_write_init */
@@ -86,6 +87,9 @@ cdef extern from *:
         struct stat status;
         if (fstat(fd, &status) != 0 || S_ISREG(status.st_mode)) {
             return TB_WRITE_WHOLE;  /* a file never waits for a reader; a bad fd fails in write() */
+        }
+        if (S_ISCHR(status.st_mode) && major(status.st_rdev) == 1) {
+            return TB_WRITE_WHOLE;  /* nor do the kernel's memory devices (/dev/null, /dev/zero) */
         }
         if (S_ISSOCK(status.st_mode)) {
             return TB_WRITE_SOCKET;
@@ -128,8 +132,8 @@ cdef bint wait_writable(int fd, long long deadline_ms) noexcept nogil:
 cdef int write_all(int fd, const char *data, Py_ssize_t n, int timeout_ms) noexcept nogil:
     """Signal safe: all of data to fd within timeout_ms, whatever the fd; 0, or an errno
     (EAGAIN: its reader did not take it all in time and loses the rest), so no reader
-    can hold a dumper.  A file, or a non-blocking fd, takes it in one write() when it
-    can; a socket is sent to without waiting (MSG_DONTWAIT).  A blocking pipe or
+    can hold a dumper.  A file, /dev/null (a kernel memory device), or a non-blocking
+    fd takes it in one write() when it can; a socket is sent to without waiting (MSG_DONTWAIT).  A blocking pipe or
     terminal, whose write() would wait for its reader for good, gets it in one write()
     when the pipe surely has room for it all (so that dumps of processes sharing a
     pipe never interleave), else PIPE_BUF bytes at a time, each once poll() says
