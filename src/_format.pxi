@@ -8,6 +8,9 @@
 
 cdef const char *UWSGI_HEADER = b"*** uWSGI Python tracebacker output ***\n\n"
 
+cdef enum:
+    THREAD_ID_BYTES = 12 + 4 * SLOT_TEXT  # "thread_id = " and a name, each byte escaped at worst as \xNN
+
 
 # ---------------------------------------------------------------- escaping
 
@@ -335,10 +338,21 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
     cdef FrameCacheEntry *previous = NULL
     cdef long count = 0, represented
     cdef long long stuck_ns = request.stuck_ns if tb_thread_ident(tstate) == request.stuck_ident else 0
+    cdef char thread_id[THREAD_ID_BYTES]
+    cdef Dumper prefix
     if d.full:
         d.dropped_threads += 1
         d.dropped_frames += total
         return
+    if d.format == FORMAT_UWSGI:
+        # Every uwsgi line starts with the thread's name, escaped: once per thread.
+        prefix.buf = thread_id
+        prefix.capacity = THREAD_ID_BYTES
+        prefix.length = 0
+        prefix.full = False
+        prefix.string = d.string
+        emit_str(&prefix, b"thread_id = ")
+        emit_thread_name(&prefix, tstate, False)
     if d.format == FORMAT_JSON:
         if d.threads_written:
             emit_str(d, b",")
@@ -375,8 +389,7 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
                     emit_locals(d, d.frames[i].frame, entry.code)
                 represented += 1
         elif d.format == FORMAT_UWSGI:
-            emit_str(d, b"thread_id = ")
-            emit_thread_name(d, tstate, False)
+            emit(d, thread_id, prefix.length)
             emit_frame(d, entry)
         else:
             if i:
