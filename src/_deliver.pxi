@@ -182,6 +182,7 @@ cdef struct ToPython:
     unsigned int mailboxes_held
 
 cdef ToPython to_python
+to_python.notify_fd = -1  # not 0: until the watchdog is configured, no record goes to stdin
 
 
 cdef struct Spool:
