@@ -1,22 +1,8 @@
 # The preallocated dump buffers ("dumpers"), what appends to them, and the
-# writer.  Every function here is async-signal-safe: no allocation, no locks,
-# no Python API; only memcpy-style work and, at the end, write() or send() with
-# fstat(), fcntl() and poll() to bound it (write_all).
+# bounded UTF-8 reading of a str that every stage uses.  Every function here is
+# async-signal-safe: no allocation, no locks, no Python API; only memcpy-style
+# work.  Each dump takes a dumper, walks, formats into it, and delivers it.
 
-from libc.string cimport memcpy, memmove, memchr, memcmp, memset, strlen
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
-from libc.errno cimport errno, EINTR, EAGAIN
-from posix.unistd cimport write
-from posix.mman cimport (mmap, munmap, PROT_NONE, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS,
-                         MAP_FAILED)
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    enum: POLLOUT
 
 cdef enum:
     FORMAT_TEXT = 0
@@ -96,11 +82,9 @@ cdef struct Dumper:
 
 cdef Dumper dumpers[DUMPER_COUNT]
 
-
-cdef struct Sink:
-    # An fd that dump after dump goes to (a signal's, the watchdog's); -1: none.
-    int fd
-    int stalled                  # its last write timed out: see write_to_sink
+# The bounds every stage applies, read once at import from tbfast._limits (see _tbcore.pyx).
+cdef Py_ssize_t filename_limit, function_limit, source_limit, name_limit, context_limit
+cdef int recursive_cutoff
 
 
 cdef Py_ssize_t dumper_size(Py_ssize_t buffer_size) noexcept nogil:
@@ -177,16 +161,6 @@ cdef void dumper_start(Dumper *d, int format) noexcept nogil:
     if d.generation == 0:  # entries of generation 0 are the never-used ones
         memset(d.cache, 0, FRAME_CACHE_SIZE * sizeof(FrameCacheEntry))
         d.generation = 1
-
-
-cdef int write_dump(Dumper *d, int fd, int timeout_ms) noexcept nogil:
-    # Signal safe: the finished dump to fd, in one write when the fd takes it all.
-    return write_all(fd, d.buf + d.start, d.length - d.start, timeout_ms)
-
-
-cdef int write_dump_to_sink(Dumper *d, Sink *sink, int timeout_ms) noexcept nogil:
-    # Signal safe: write_dump, to a sink.
-    return write_to_sink(sink, d.buf + d.start, d.length - d.start, timeout_ms)
 
 
 cdef inline void emit(Dumper *d, const char *data, Py_ssize_t n) noexcept nogil:
@@ -358,159 +332,3 @@ cdef Py_ssize_t encode_path(PyObject *text, char *out, Py_ssize_t capacity) noex
             n += 4
     out[n] = 0
     return n
-
-
-cdef void emit_json_string(Dumper *d, const char *data, Py_ssize_t n) noexcept nogil:
-    """Signal safe: a JSON string as json.dumps(ensure_ascii=False) writes it."""
-    cdef Py_ssize_t i, start = 0
-    cdef unsigned char c
-    cdef char escape[6]
-    emit_str(d, b'"')
-    for i in range(n):
-        c = <unsigned char>data[i]
-        if c >= 0x20 and c != b'"' and c != b'\\':
-            continue
-        emit(d, data + start, i - start)
-        start = i + 1
-        if c == b'"':
-            emit_str(d, b'\\"')
-        elif c == b'\\':
-            emit_str(d, b'\\\\')
-        elif c == b'\n':
-            emit_str(d, b'\\n')
-        elif c == b'\r':
-            emit_str(d, b'\\r')
-        elif c == b'\t':
-            emit_str(d, b'\\t')
-        elif c == 8:
-            emit_str(d, b'\\b')
-        elif c == 12:
-            emit_str(d, b'\\f')
-        else:
-            memcpy(escape, b"\\u00", 4)
-            escape[4] = b"0123456789abcdef"[c >> 4]
-            escape[5] = b"0123456789abcdef"[c & 15]
-            emit(d, escape, 6)
-    emit(d, data + start, n - start)
-    emit_str(d, b'"')
-
-
-cdef long long monotonic_ms() noexcept nogil:
-    # Signal safe: clock_gettime is on the async-signal-safe list.
-    cdef timespec now
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return now.tv_sec * 1000LL + now.tv_nsec // 1000000
-
-
-cdef extern from *:
-    """
-    #include <fcntl.h>
-    #include <limits.h>
-    #include <sys/ioctl.h>
-    #include <sys/socket.h>
-    #include <sys/stat.h>
-    #include <unistd.h>
-    enum { TB_WRITE_WHOLE, TB_WRITE_SOCKET, TB_WRITE_CHUNKS };
-    static long tb_page_bytes = 4096;  /* a pipe's slot; set at import by tb_write_init */
-    static void tb_write_init(void) {
-        long page = sysconf(_SC_PAGESIZE);
-        if (page > 0) {
-            tb_page_bytes = page;
-        }
-    }
-    /* Signal safe (fcntl, ioctl: plain syscalls): how many bytes one write() to the pipe
-       fd surely takes whole without waiting: its capacity less what is unread, less
-       three slots (the reader's part-read one, the last part-filled one, rounding);
-       0 when fd is no pipe. */
-    static long tb_pipe_room(int fd) {
-        int capacity = fcntl(fd, F_GETPIPE_SZ), unread = 0;
-        if (capacity <= 0 || ioctl(fd, FIONREAD, &unread) != 0) {
-            return 0;
-        }
-        return capacity - (long)unread - 3 * tb_page_bytes;
-    }
-    /* Signal safe (fstat, fcntl): how write_all writes to fd without waiting for its reader. */
-    static int tb_write_mode(int fd) {
-        struct stat status;
-        if (fstat(fd, &status) != 0 || S_ISREG(status.st_mode)) {
-            return TB_WRITE_WHOLE;  /* a file never waits for a reader; a bad fd fails in write() */
-        }
-        if (S_ISSOCK(status.st_mode)) {
-            return TB_WRITE_SOCKET;
-        }
-        int flags = fcntl(fd, F_GETFL);
-        return flags >= 0 && (flags & O_NONBLOCK) ? TB_WRITE_WHOLE : TB_WRITE_CHUNKS;
-    }
-    /* Signal safe: send() that never waits and never raises SIGPIPE. */
-    static ssize_t tb_send_now(int fd, const char *data, size_t n) {
-        return send(fd, data, n, MSG_DONTWAIT | MSG_NOSIGNAL);
-    }
-    """
-    enum: TB_WRITE_WHOLE, TB_WRITE_SOCKET, TB_WRITE_CHUNKS, PIPE_BUF
-    void tb_write_init()
-    long tb_pipe_room(int fd) nogil
-    int tb_write_mode(int fd) nogil
-    Py_ssize_t tb_send_now(int fd, const char *data, size_t n) nogil
-
-
-tb_write_init()
-
-
-cdef bint wait_writable(int fd, long long deadline_ms) noexcept nogil:
-    # Signal safe: poll() until fd takes bytes (or is broken: the write says how), or the deadline.
-    cdef pollfd waiter
-    cdef long long left
-    cdef int ready
-    while True:
-        left = deadline_ms - monotonic_ms()
-        waiter.fd = fd
-        waiter.events = POLLOUT
-        waiter.revents = 0
-        ready = poll(&waiter, 1, <int>left if left > 0 else 0)
-        if ready > 0:
-            return True
-        if ready == 0 or errno != EINTR:
-            return False
-
-
-cdef int write_all(int fd, const char *data, Py_ssize_t n, int timeout_ms) noexcept nogil:
-    """Signal safe: all of data to fd within timeout_ms, whatever the fd; 0, or an errno
-    (EAGAIN: its reader did not take it all in time and loses the rest), so no reader
-    can hold a dumper.  A file, or a non-blocking fd, takes it in one write() when it
-    can; a socket is sent to without waiting (MSG_DONTWAIT).  A blocking pipe or
-    terminal, whose write() would wait for its reader for good, gets it in one write()
-    when the pipe surely has room for it all (so that dumps of processes sharing a
-    pipe never interleave), else PIPE_BUF bytes at a time, each once poll() says
-    they fit.  Waits only in poll()."""
-    cdef Py_ssize_t done
-    cdef long long deadline = monotonic_ms() + timeout_ms
-    cdef int mode = tb_write_mode(fd)
-    while n > 0:
-        if mode == TB_WRITE_SOCKET:
-            done = tb_send_now(fd, data, n)
-        elif mode == TB_WRITE_CHUNKS and n > tb_pipe_room(fd):
-            if not wait_writable(fd, deadline):
-                return EAGAIN
-            done = write(fd, data, min(n, PIPE_BUF))
-        else:
-            done = write(fd, data, n)
-        if done >= 0:
-            data += done
-            n -= done
-            continue
-        if errno == EINTR:
-            continue
-        if errno != EAGAIN:
-            return errno
-        if not wait_writable(fd, deadline):
-            return EAGAIN
-    return 0
-
-
-cdef int write_to_sink(Sink *sink, const char *data, Py_ssize_t n, int timeout_ms) noexcept nogil:
-    """Signal safe: write_all to the sink's fd; but once a write timed out, the next ones
-    wait for nothing (they write what fits at once) until one goes through whole: a
-    reader that stopped costs one timeout, not one per dump."""
-    cdef int error = write_all(sink.fd, data, n, 0 if tb_load_int(&sink.stalled) else timeout_ms)
-    tb_store_int(&sink.stalled, error == EAGAIN)
-    return error

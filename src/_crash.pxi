@@ -3,22 +3,13 @@
 # handler it replaced (or the default action) takes the signal again, so the
 # process dies as it would have: same exit status, same core dump.
 #
+# With a spool configured, the dump also goes there first, as JSON: the copy that
+# the next process ships (tbfast.shipping, tbfast.sentry).
+#
 # SIGSEGV and SIGBUS reach it through the fault guard (_guard.pxi), which must
 # stay in front of them so that the dump's own guarded reads can fault safely;
 # the others are installed here.  Its handler runs on an alternate stack, so a
 # stack overflow can be reported.
-
-from posix.signal cimport sigaction_t, sigaction, siginfo_t, sigemptyset, SA_SIGINFO, SA_NODEFER, SA_ONSTACK
-from libc.signal cimport SIG_DFL, SIGABRT, raise_ as raise_signal
-from libc.stdlib cimport malloc
-
-cdef extern from "<signal.h>" nogil:
-    ctypedef struct stack_t:
-        void *ss_sp
-        int ss_flags
-        size_t ss_size
-    int sigaltstack(const stack_t *stack, stack_t *old)
-    enum: SS_DISABLE, SIGSTKSZ
 
 cdef enum:
     CRASH_SIGNALS = 5
@@ -69,16 +60,19 @@ cdef void on_crash(int signum, siginfo_t *info, void *context) noexcept nogil:
 
 
 cdef void crash_dump(int index) noexcept nogil:
-    # Signal safe: the dump of a crash, with faulthandler's additions in its format.
+    # Signal safe: the dump of a crash, spooled, then to the sink in its format, with
+    # faulthandler's additions in faulthandler's.
     cdef DumpRequest request
     cdef Dumper *d = dumper_acquire()
     if d == NULL:
         write_to_sink(&crash.sink, DUMP_SKIPPED, strlen(DUMP_SKIPPED), SIGNAL_WRITE_MS)
-    else:
-        request_init(&request, crash.interp, crash.trigger[index], tb_thread_self(), False)
-        request.all_threads = crash.all_threads
-        request.preamble = crash.preamble[index]
-        request.max_threads = crash.max_threads
+        return
+    request_init(&request, crash.interp, crash.trigger[index], tb_thread_self(), False)
+    request.all_threads = crash.all_threads
+    request.preamble = crash.preamble[index]
+    request.max_threads = crash.max_threads
+    spool_write(d, &request, &crash.sink)
+    if crash.sink.fd >= 0:
         dumper_start(d, crash.format)
         dump(d, &request)
         if crash.format == FORMAT_FAULTHANDLER:
@@ -87,7 +81,7 @@ cdef void crash_dump(int index) noexcept nogil:
                 emit_c_stack(d)
             emit_extension_modules(d, crash.interp)
         write_dump_to_sink(d, &crash.sink, SIGNAL_WRITE_MS)
-        tb_release(&d.busy)
+    tb_release(&d.busy)
 
 
 cdef void crash_forget_signal(int signum, int index) noexcept nogil:

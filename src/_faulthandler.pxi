@@ -7,42 +7,6 @@
 # current and the main thread are still shown after faulthandler's "...", and
 # a thread name's control characters are escaped (CPython writes them raw).
 
-from posix.fcntl cimport open as os_open, O_RDONLY, O_CLOEXEC
-from posix.unistd cimport read, close
-
-cdef extern from "tbcore_python.h" nogil:
-    int tb_gc_collecting(PyInterpreterState *interp)
-    PyObject *tb_modules_dict(PyInterpreterState *interp)
-    PyObject *tb_sys_dict(PyInterpreterState *interp)
-    int tb_is_extension_module(PyObject *object)
-    PyObject *tb_set_next_str(PyObject *set, Py_ssize_t *position)
-    enum:
-        TB_FAULTHANDLER_ELLIPSIS        # 3.11, 3.12: "  ..." after the 100th frame
-        TB_FAULTHANDLER_COUNTS_HIDDEN   # 3.14+: trampoline frames count toward the 100
-        TB_FAULTHANDLER_THREAD_NAMES    # 3.14+: " [name]" on a thread's line
-        TB_FAULTHANDLER_PACKAGE_FILTER  # 3.15+: a stdlib package's submodules are stdlib too
-
-cdef extern from "Python.h" nogil:
-    int PyDict_Next(PyObject *dict, Py_ssize_t *position, PyObject **key, PyObject **value)
-    bint PyDict_Check(PyObject *object)
-    bint PyFrozenSet_Check(PyObject *object)
-
-cdef extern from "<execinfo.h>" nogil:
-    int backtrace(void **buffer, int size)
-
-cdef extern from "<dlfcn.h>" nogil:
-    ctypedef struct Dl_info:
-        const char *dli_fname
-        void *dli_fbase
-        const char *dli_sname
-        void *dli_saddr
-    int dladdr1(const void *address, Dl_info *info, void **extra, int flags)
-    enum: RTLD_DL_LINKMAP
-
-cdef extern from "<link.h>" nogil:
-    struct link_map:
-        size_t l_addr
-
 cdef enum:
     FAULTHANDLER_STRING_LIMIT = 500  # code points, as MAX_STRING_LENGTH
     FAULTHANDLER_DEPTH_LIMIT = 100   # frames a thread shows, as MAX_FRAME_DEPTH

@@ -1,200 +1,18 @@
-# The walk over every thread and frame, and the three formats it feeds.
-# Everything here is async-signal-safe: it reads interpreter memory through
-# tbcore_python.h, formats into the dumper's preallocated memory, and reads
-# source lines with open()/read()/close().
+# Stage 3, the formatters: text, uwsgi and json, all fed by the one walk
+# (_walk.pxi).  Escaping (control characters in the text formats, JSON strings),
+# one frame (formatted once per code position and dump, then copied), one thread
+# with its header line or object, and the dump's header and end.  Locals have
+# their own file (_locals.pxi).  Everything here is async-signal-safe: it
+# formats into the dumper's preallocated memory.
 
-from posix.fcntl cimport open as os_open, O_RDONLY, O_CLOEXEC
-from posix.unistd cimport read, close, getpid
-from posix.stat cimport stat, struct_stat as stat_t
-from posix.time cimport CLOCK_REALTIME
-
-cdef enum:
-    MAX_THREADS_WALKED = 100000       # a guard against a corrupted thread list
-    MAX_FRAMES_WALKED = 10000000      # and against a cycle in a frame chain
-    FIND_MAIN_PASSES = 3              # searches for the main thread that a freed state may cut short
-
-# Read once at import from tbfast._limits (see _tbcore.pyx).
-cdef Py_ssize_t filename_limit, function_limit, source_limit, name_limit, context_limit
-cdef int recursive_cutoff
-cdef unsigned long main_thread_ident = 0
 
 cdef const char *UWSGI_HEADER = b"*** uWSGI Python tracebacker output ***\n\n"
 
-
-cdef struct DumpRequest:
-    PyInterpreterState *interp
-    bint all_threads
-    unsigned long current_ident  # pthread_self() of the dumping or signalled thread, 0 for none
-    int skip                 # visible frames of the current thread left out
-    const char *trigger
-    bint gil_held            # by the dumping thread: the walk is exact
-    unsigned long stuck_ident  # harakiri: the thread whose deadline passed, 0 for none
-    long long stuck_ns         # and since when it is armed
-    int gil_wait_ms            # a socket dump that waited this long for the GIL in vain; -1: none
-    bint locals                # each frame's locals too (text and json)
-    unsigned long excluded_ident  # a thread left out (the consistent thread), 0 for none
-    const char *preamble       # faulthandler's format: what comes before the threads
-    int max_threads            # faulthandler's format: threads shown before "..." (0: all)
+cdef enum:
+    THREAD_ID_BYTES = 12 + 4 * SLOT_TEXT  # "thread_id = " and a name, each byte escaped at worst as \xNN
 
 
-cdef void request_init(DumpRequest *request, PyInterpreterState *interp, const char *trigger,
-                       unsigned long current_ident, bint gil_held) noexcept nogil:
-    # Signal safe: a dump of every thread; triggers change what is theirs.
-    request.interp = interp
-    request.all_threads = True
-    request.current_ident = current_ident
-    request.skip = 0
-    request.trigger = trigger
-    request.gil_held = gil_held
-    request.stuck_ident = 0
-    request.stuck_ns = 0
-    request.gil_wait_ms = -1
-    request.locals = False
-    request.excluded_ident = handover.thread_ident  # tbfast's own Python thread, or 0
-    request.preamble = b""
-    request.max_threads = 0
-
-
-# ---------------------------------------------------------------- source lines
-
-cdef bint is_space(char c) noexcept nogil:
-    # Signal safe.
-    return c == b' ' or c == b'\t' or c == b'\n' or c == b'\r' or c == b'\f' or c == b'\v'
-
-
-cdef Py_ssize_t read_source_line(Dumper *d, PyObject *filename, int lineno, char *out) noexcept nogil:
-    """Signal safe: line `lineno` of a file, stripped and bounded as linecache's would be
-    by _fallback; -1 when there is none.  Lines are kept across dumps, each checked
-    with stat() against the file's mtime and size, as traceback's checkcache does."""
-    cdef Py_ssize_t path_length = encode_path(filename, d.path, PATH_BYTES)
-    cdef stat_t status
-    if lineno < 1 or path_length <= 0:
-        return -1
-    if d.path[0] == b'<':  # "<string>", "<frozen ...>": linecache has no file either
-        return -1
-    if stat(d.path, &status) != 0:
-        return -1
-    cdef unsigned long long key = source_key(d.path, path_length, lineno)
-    cdef long long mtime_ns = status.st_mtim.tv_sec * 1000000000LL + status.st_mtim.tv_nsec
-    cdef bint kept
-    cdef SourceEntry *entry = source_entry(d, key, lineno, path_length, &kept)
-    if kept and entry.mtime_ns == mtime_ns and entry.size == status.st_size:
-        if entry.text_length > 0:
-            memcpy(out, d.source_arena + entry.text_offset, entry.text_length)
-        return entry.text_length
-    cdef Py_ssize_t length = read_file_line(d, lineno, out)
-    if d.source_arena_length + path_length + max(length, 0) > SOURCE_ARENA_SIZE:
-        memset(d.sources, 0, SOURCE_CACHE_SIZE * sizeof(SourceEntry))  # full: start over
-        d.source_arena_length = 0
-    entry.key = key
-    entry.line = lineno
-    entry.mtime_ns = mtime_ns
-    entry.size = status.st_size
-    entry.path_offset = d.source_arena_length
-    entry.path_length = path_length
-    memcpy(d.source_arena + d.source_arena_length, d.path, path_length)
-    d.source_arena_length += path_length
-    entry.text_offset = d.source_arena_length
-    entry.text_length = length
-    if length > 0:
-        memcpy(d.source_arena + d.source_arena_length, out, length)
-        d.source_arena_length += length
-    return length
-
-
-cdef unsigned long long source_key(const char *path, Py_ssize_t length, int line) noexcept nogil:
-    # Signal safe: FNV-1a of the path, mixed with the line; never 0 (empty).
-    cdef unsigned long long key = 0xcbf29ce484222325ULL
-    cdef Py_ssize_t i
-    for i in range(length):
-        key = (key ^ <unsigned char>path[i]) * 0x100000001b3ULL
-    return (key ^ (<unsigned long long>line * 0x9E3779B97F4A7C15ULL)) | 1
-
-
-cdef SourceEntry *source_entry(Dumper *d, unsigned long long key, int line,
-                               Py_ssize_t path_length, bint *kept) noexcept nogil:
-    """Signal safe: the cache entry of d.path's line `line` (its key is `key`), *kept
-    True; else, *kept False, the entry to keep it in: an empty one near its home,
-    or the home one.
-    Open addressing, so two lines whose keys share a home do not evict each other
-    (each dump would read both files again)."""
-    cdef size_t home = key & (SOURCE_CACHE_SIZE - 1), i
-    cdef SourceEntry *entry
-    cdef SourceEntry *empty = NULL
-    cdef int probe
-    for probe in range(SOURCE_PROBES):
-        i = (home + probe) & (SOURCE_CACHE_SIZE - 1)
-        entry = &d.sources[i]
-        if entry.key == 0:
-            if empty == NULL:
-                empty = entry
-        elif (entry.key == key and entry.line == line and entry.path_length == path_length
-                and memcmp(d.source_arena + entry.path_offset, d.path, path_length) == 0):
-            kept[0] = True
-            return entry
-    kept[0] = False
-    return empty if empty != NULL else &d.sources[home]
-
-
-cdef Py_ssize_t read_file_line(Dumper *d, int lineno, char *out) noexcept nogil:
-    """Signal safe: line `lineno` of the file at d.path, read with open()/read(),
-    stripped and bounded; -1 when there is none."""
-    cdef int fd = os_open(d.path, O_RDONLY | O_CLOEXEC)
-    if fd < 0:
-        return -1
-    cdef int line = 1
-    cdef Py_ssize_t got, length = 0, start, end
-    cdef char *cursor
-    cdef char *stop
-    cdef char *newline
-    cdef bint found = False, done = False
-    while not done:
-        got = read(fd, d.scratch, SCRATCH_SIZE)
-        if got <= 0:
-            break
-        cursor = d.scratch
-        stop = d.scratch + got
-        while cursor < stop:
-            newline = <char *>memchr(cursor, b'\n', stop - cursor)
-            if line == lineno:
-                found = True
-                end = (newline - cursor) if newline != NULL else (stop - cursor)
-                if length + end > STRING_BYTES:
-                    end = STRING_BYTES - length
-                memcpy(out + length, cursor, end)
-                length += end
-                if newline != NULL:
-                    done = True
-                    break
-                cursor = stop
-            elif newline == NULL:
-                cursor = stop
-            else:
-                line += 1
-                cursor = newline + 1
-    close(fd)
-    if not found:
-        return -1
-    start = 0
-    while start < length and is_space(out[start]):
-        start += 1
-    while length > start and is_space(out[length - 1]):
-        length -= 1
-    if length == start:
-        return -1
-    length -= start
-    if start:
-        memmove(out, out + start, length)
-    if length > source_limit:
-        length = source_limit - 3
-        while length > 0 and (<unsigned char>out[length] & 0xC0) == 0x80:
-            length -= 1  # never end inside a UTF-8 sequence
-        memcpy(out + length, b"...", 3)
-        length += 3
-    return length
-
-
-# ---------------------------------------------------------------- one frame
+# ---------------------------------------------------------------- escaping
 
 cdef void emit_printable(Dumper *d, const char *data, Py_ssize_t n) noexcept nogil:
     """Signal safe: a field of the text and uwsgi formats (UTF-8), its control characters
@@ -261,6 +79,43 @@ cdef void emit_bounded_json(Dumper *d, PyObject *text, Py_ssize_t limit) noexcep
     else:
         emit_json_string(d, d.string, n)
 
+
+cdef void emit_json_string(Dumper *d, const char *data, Py_ssize_t n) noexcept nogil:
+    """Signal safe: a JSON string as json.dumps(ensure_ascii=False) writes it."""
+    cdef Py_ssize_t i, start = 0
+    cdef unsigned char c
+    cdef char escape[6]
+    emit_str(d, b'"')
+    for i in range(n):
+        c = <unsigned char>data[i]
+        if c >= 0x20 and c != b'"' and c != b'\\':
+            continue
+        emit(d, data + start, i - start)
+        start = i + 1
+        if c == b'"':
+            emit_str(d, b'\\"')
+        elif c == b'\\':
+            emit_str(d, b'\\\\')
+        elif c == b'\n':
+            emit_str(d, b'\\n')
+        elif c == b'\r':
+            emit_str(d, b'\\r')
+        elif c == b'\t':
+            emit_str(d, b'\\t')
+        elif c == 8:
+            emit_str(d, b'\\b')
+        elif c == 12:
+            emit_str(d, b'\\f')
+        else:
+            memcpy(escape, b"\\u00", 4)
+            escape[4] = b"0123456789abcdef"[c >> 4]
+            escape[5] = b"0123456789abcdef"[c & 15]
+            emit(d, escape, 6)
+    emit(d, data + start, n - start)
+    emit_str(d, b'"')
+
+
+# ---------------------------------------------------------------- one frame
 
 cdef void format_frame(Dumper *d, PyCodeObject *code, int line) noexcept nogil:
     """Signal safe: one frame in the dump's format, without what depends on the thread."""
@@ -352,37 +207,7 @@ cdef void emit_first_time(Dumper *d, FrameCacheEntry *entry) noexcept nogil:
         d.arena_length += entry.chunk_length
 
 
-cdef extern from "Python.h" nogil:
-    int PyCode_Addr2Line(PyCodeObject *code, int addr)
-
-
 # ---------------------------------------------------------------- one thread
-
-cdef void record_frames(Dumper *d, PyThreadState *tstate, int skip) noexcept nogil:
-    """Signal safe: the visible frames of a thread, innermost first, into d.frames;
-    d.recorded and d.visible count them as they go, so a walk cut short by a fault
-    keeps what it read."""
-    cdef tb_frame *frame = tb_top_frame(tstate)
-    cdef PyCodeObject *code
-    cdef long walked = 0
-    d.recorded = 0
-    d.visible = 0
-    while frame != NULL and walked < MAX_FRAMES_WALKED:
-        walked += 1
-        tb_prefetch_callers(frame)
-        code = tb_frame_code(frame)
-        if not tb_frame_is_hidden(frame, code):
-            if skip > 0:
-                skip -= 1
-            else:
-                if d.recorded < MAX_RECORDED_FRAMES:
-                    d.frames[d.recorded].frame = frame
-                    d.frames[d.recorded].code = code
-                    d.frames[d.recorded].lasti = tb_frame_lasti_bytes(frame, code)
-                    d.recorded += 1
-                d.visible += 1
-        frame = tb_previous_frame(frame)
-
 
 cdef bint same_place(FrameCacheEntry *a, FrameCacheEntry *b) noexcept nogil:
     # Signal safe: what traceback compares (file, line, name), by object identity first.
@@ -513,10 +338,21 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
     cdef FrameCacheEntry *previous = NULL
     cdef long count = 0, represented
     cdef long long stuck_ns = request.stuck_ns if tb_thread_ident(tstate) == request.stuck_ident else 0
+    cdef char thread_id[THREAD_ID_BYTES]
+    cdef Dumper prefix
     if d.full:
         d.dropped_threads += 1
         d.dropped_frames += total
         return
+    if d.format == FORMAT_UWSGI:
+        # Every uwsgi line starts with the thread's name, escaped: once per thread.
+        prefix.buf = thread_id
+        prefix.capacity = THREAD_ID_BYTES
+        prefix.length = 0
+        prefix.full = False
+        prefix.string = d.string
+        emit_str(&prefix, b"thread_id = ")
+        emit_thread_name(&prefix, tstate, False)
     if d.format == FORMAT_JSON:
         if d.threads_written:
             emit_str(d, b",")
@@ -553,8 +389,7 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
                     emit_locals(d, d.frames[i].frame, entry.code)
                 represented += 1
         elif d.format == FORMAT_UWSGI:
-            emit_str(d, b"thread_id = ")
-            emit_thread_name(d, tstate, False)
+            emit(d, thread_id, prefix.length)
             emit_frame(d, entry)
         else:
             if i:
@@ -588,7 +423,7 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
         emit_str(d, b"\n")  # all or nothing, like every emit
 
 
-# ---------------------------------------------------------------- the dump
+# ---------------------------------------------------------------- the dump's header and end
 
 cdef void emit_timestamp(Dumper *d, timespec now) noexcept nogil:
     """Signal safe: a UTC time as 2026-11-21T23:59:01.123456Z, without gmtime()."""
@@ -618,62 +453,6 @@ cdef void emit_timestamp(Dumper *d, timespec now) noexcept nogil:
         text[n] = separators[i] if i < 6 else b'Z'
         n += 1
     emit(d, text, n)
-
-
-cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
-    """Signal safe: the whole dump into d.buf[d.start:d.length], in one walk: each
-    thread's frames are read once, and the header, which counts the threads, is
-    written last into the room kept in front of the body."""
-    cdef PyThreadState *main = NULL
-    cdef PyThreadState *holder = tb_gil_holder(request.interp)
-    cdef long threads = 0, walked = 0
-    cdef unsigned long holder_ident = 0  # read under the guard, as every thread's ident
-    cdef timespec started
-    if d.format == FORMAT_FAULTHANDLER:
-        dump_faulthandler(d, request)
-        return
-    clock_gettime(CLOCK_REALTIME, &started)
-    d.locals = request.locals and d.format != FORMAT_UWSGI
-    tb_fault_guard_ensure()
-    # The main thread goes first, so a full buffer never drops it; finding it
-    # reads only each thread state's ident.  Main's is the last state with its
-    # ident: on 3.11 a thread that main is starting carries main's ident until it
-    # runs.  A state freed under the search cuts it short, by a fault (the guard)
-    # or a stale link: search again from the head, which no longer links it.
-    cdef StepJob step
-    cdef int search
-    for search in range(FIND_MAIN_PASSES):
-        main = NULL
-        step.tstate = tb_first_thread(request.interp)
-        walked = 0
-        while step.tstate != NULL and walked < MAX_THREADS_WALKED and guarded_step(d, &step):
-            if step.ident == main_thread_ident:
-                main = step.tstate
-            if step.tstate == holder:
-                holder_ident = step.ident
-            step.tstate = step.following
-            walked += 1
-        if step.tstate == NULL and main != NULL:
-            break
-    if main != NULL and wanted(main_thread_ident, request):
-        prefetch_thread_top(d, main)
-        threads += guarded_dump_thread(d, main, request, holder)
-    step.tstate = tb_first_thread(request.interp)
-    prefetch_thread_top(d, step.tstate)
-    walked = 0
-    while step.tstate != NULL and walked < MAX_THREADS_WALKED and guarded_step(d, &step):
-        prefetch_thread_top(d, step.following)
-        if step.tstate != main and wanted(step.ident, request):
-            threads += guarded_dump_thread(d, step.tstate, request, holder)
-        step.tstate = step.following
-        walked += 1
-    emit_end(d)
-    emit_header(d, request, threads, started, holder_ident)
-
-
-cdef inline bint wanted(unsigned long ident, DumpRequest *request) noexcept nogil:
-    # Signal safe.
-    return (request.all_threads or ident == request.current_ident) and ident != request.excluded_ident
 
 
 cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec started,

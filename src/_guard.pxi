@@ -8,6 +8,10 @@
 # Limits: this recovers from reads of unmapped memory, not from reads of memory
 # that was reused and holds plausible garbage; those are caught, where they can
 # be, by the type checks and loop caps of the walk itself.
+#
+# Here: the guard itself (C: the handler and the guarded call) and the signal mask
+# of tbfast's native threads; the walk's guarded steps are in _walk.pxi.
+
 
 from posix.signal cimport siginfo_t
 
@@ -114,13 +118,6 @@ cdef extern from *:
     int tb_guarded_call(int index, tb_guarded_fn fn, void *argument) nogil
 
 
-from posix.signal cimport sigset_t, sigfillset, sigdelset, SIG_BLOCK
-
-cdef extern from "<signal.h>" nogil:
-    enum: SIGSEGV, SIGBUS, SIGILL, SIGFPE
-    int pthread_sigmask(int how, const sigset_t *mask, sigset_t *old)
-
-
 cdef void block_async_signals() noexcept nogil:
     """Signal safe: for tbfast's own threads, which run no Python, every signal goes to
     Python's threads; all but the faults, which must reach the guard: a fault signal
@@ -132,98 +129,6 @@ cdef void block_async_signals() noexcept nogil:
     sigdelset(&mask, SIGILL)
     sigdelset(&mask, SIGFPE)
     pthread_sigmask(SIG_BLOCK, &mask, NULL)
-
-
-cdef struct StepJob:
-    PyThreadState *tstate
-    PyThreadState *following
-    unsigned long ident
-
-
-cdef void step_job(void *argument) noexcept nogil:
-    # Signal safe: reads a thread state's ident and its successor in the list.
-    cdef StepJob *job = <StepJob *>argument
-    job.ident = tb_thread_ident(job.tstate)
-    job.following = tb_next_thread(job.tstate)
-    tb_prefetch_thread(job.tstate)
-
-
-cdef bint guarded_step(Dumper *d, StepJob *job) noexcept nogil:
-    """Signal safe: the ident and successor of job.tstate, read under the guard: a
-    thread that exits frees its state while the walk may be on it.  False if the
-    state could not be read (the walk ends there)."""
-    return tb_guarded_call(d - dumpers, step_job, job) == 0
-
-
-cdef void prefetch_job(void *argument) noexcept nogil:
-    # Signal safe: the second step of loading a thread ahead of its walk.
-    cdef PyThreadState *tstate = <PyThreadState *>argument
-    tb_prefetch_top_frame(tstate)
-    slot_prefetch(tb_thread_ident(tstate))
-
-
-cdef void prefetch_thread_top(Dumper *d, PyThreadState *tstate) noexcept nogil:
-    """Signal safe: starts loading a thread's top frames and its slot while another
-    thread is walked, under the guard: a thread state freed meanwhile only means
-    that nothing is loaded ahead for it."""
-    if tstate != NULL:
-        tb_guarded_call(d - dumpers, prefetch_job, tstate)
-
-
-cdef struct ThreadJob:
-    Dumper *d
-    PyThreadState *tstate
-    DumpRequest *request
-    PyThreadState *holder
-    bint visible
-
-
-cdef void record_job(void *argument) noexcept nogil:
-    # Signal safe: record_frames, in the shape a guarded call takes.
-    cdef ThreadJob *job = <ThreadJob *>argument
-    cdef DumpRequest *request = job.request
-    cdef bint current = request.current_ident != 0 and \
-        tb_thread_ident(job.tstate) == request.current_ident
-    record_frames(job.d, job.tstate, request.skip if current else 0)
-
-
-cdef void dump_thread_job(void *argument) noexcept nogil:
-    # Signal safe: dump_thread, in the shape a guarded call takes.
-    cdef ThreadJob *job = <ThreadJob *>argument
-    dump_thread(job.d, job.tstate, job.request, job.holder)
-
-
-cdef bint guarded_dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
-                              PyThreadState *holder) noexcept nogil:
-    """Signal safe: one thread in two guarded steps.  A fault while walking keeps the
-    frames read before it and ends the thread with `<unreadable frame>`; a fault while
-    formatting replaces the frame being written by it.  False for a thread with no
-    frame to show (as sys._current_frames() leaves it out) or none readable."""
-    cdef ThreadJob job
-    job.d = d
-    job.tstate = tstate
-    job.request = request
-    job.holder = holder
-    d.walk_faulted = tb_guarded_call(d - dumpers, record_job, &job) != 0
-    if d.walk_faulted:
-        d.visible = d.recorded + 1  # the frames read, and the one that could not be
-    if d.visible == 0:
-        return False
-    d.thread_mark = d.length
-    d.frame_mark = -1
-    if tb_guarded_call(d - dumpers, dump_thread_job, &job) == 0:
-        return True
-    if d.frame_mark < 0:  # the fault came before the first frame: leave the thread out
-        d.length = d.thread_mark
-        return False
-    d.length = d.frame_mark
-    emit_unreadable(d, tstate, d.frame_index)
-    d.threads_written += 1
-    if d.format == FORMAT_JSON:
-        emit_tail_str(d, b"]}")
-    else:
-        emit_str(d, b"\n")
-    return True
 
 
 # ---------------------------------------------------------------- test hook

@@ -1,26 +1,9 @@
-# Local variables in GIL-free dumps: only what can be read without running code,
+# Stage 3, the formatters, continued: local variables in GIL-free dumps: only what can be read without running code,
 # as `py-spy dump --locals` shows it.  None, bools, ints of one internal digit,
 # floats, str and bytes are shown as repr() would show them (cut to
 # LOCAL_VALUE_LIMIT with "..."); anything else by its type, as <dict>.  Names
 # that contain a mask word (tbfast._limits.DEFAULT_MASK, case-insensitively)
 # show MASKED_VALUE instead.  Everything here is async-signal-safe.
-
-cdef extern from "tbcore_python.h" nogil:
-    int tb_code_local_count(PyCodeObject *code)
-    PyObject *tb_code_local_name(PyCodeObject *code, int i)
-    PyObject *tb_frame_local(tb_frame *frame, PyCodeObject *code, int i)
-    bint tb_small_int(PyObject *number, long long *value)
-    const char *tb_type_name(PyObject *object)
-    int tb_value_kind(PyObject *value)
-    enum:
-        TB_VALUE_OTHER, TB_VALUE_NONE, TB_VALUE_BOOL, TB_VALUE_INT, TB_VALUE_FLOAT, TB_VALUE_STR,
-        TB_VALUE_BYTES
-
-cdef extern from "Python.h" nogil:
-    PyObject *Py_True
-    double PyFloat_AS_DOUBLE(PyObject *number)
-    char *PyBytes_AS_STRING(PyObject *data)
-    Py_ssize_t PyBytes_GET_SIZE(PyObject *data)
 
 cdef enum:
     LOCALS_PER_FRAME = 50         # then "... N more"; = _limits.MAX_LOCALS
@@ -273,6 +256,3 @@ cdef int bound_locals(tb_frame *frame, PyCodeObject *code, int start, int count)
             bound += 1
     return bound
 
-
-cdef extern from "<string.h>" nogil:
-    size_t strnlen(const char *text, size_t limit)

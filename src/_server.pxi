@@ -1,50 +1,16 @@
-# The tracebacker socket, served by a native thread that never takes the GIL:
-# a client gets the dump while the GIL holder is stuck.  The Python layer
-# (tbfast/sockets.py) names, binds and listens; this file only serves.
+# Entry point: the tracebacker socket, served by a native thread that never takes
+# the GIL, so a client gets its dump while the GIL holder is stuck.  The Python
+# layer (tbfast/sockets.py) names, binds and listens; this file only serves.
 #
-# Protocol: connect; optionally send one line (at most REQUEST_MAX bytes) of
-# words within REQUEST_WAIT_MS: a format (text, uwsgi, json or faulthandler), `locals`, and
-# `gil-free`; read the dump until the server closes.  Nothing sent means the
-# default format, so uWSGI's --connect-and-read works unchanged.
-#
-# A dump larger than the socket's buffer is written as the client reads it: its
-# rest waits (up to WAITING_MAX at once) while the server goes on with the next
-# client, so a client that does not read holds only itself.  Every connection
-# ends in finish_client(), so the client reads the whole answer, then end of file.
-#
-# Consistent dumps: unless the client asked for `gil-free`, the server hands the
-# client to the "consistent" Python thread (tbfast/consistent.py), which takes
-# the GIL, so every other thread is paused while it walks, and writes the dump
-# itself.  The server thread never waits for the GIL: when the hand-over is not
-# taken within gil_wait_ms (the GIL holder is stuck in C), it withdraws it and
-# writes the GIL-free dump, whose header says how long it waited and who held
-# the GIL.
+# The protocol (request, answer, connection, consistent dumps, timing) is
+# specified in docs/protocol.md; the constants below are its numbers.  What is
+# this implementation's own: one client at a time on one thread; the peer check,
+# the request read and the hand-over to the consistent thread (tbfast/consistent.py,
+# over two pipes and a compare-and-swap state, HANDOVER_*) are the trigger; the
+# dump itself is the stages' (dump, _walk.pxi).  The rest of a dump its client did
+# not take waits in `server.waiting` (one dumper each) while the thread serves on,
+# polled beside the listening socket; every connection ends in finish_client().
 
-from posix.unistd cimport pipe
-
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    struct ucred:
-        int pid
-        unsigned int uid
-        unsigned int gid
-    int accept4(int fd, void *address, socklen_t *length, int flags)
-    int getsockopt(int fd, int level, int name, void *value, socklen_t *length)
-    Py_ssize_t recv(int fd, void *buffer, size_t length, int flags)
-    Py_ssize_t send(int fd, const void *buffer, size_t length, int flags)
-    int shutdown(int fd, int how)
-    enum: SOCK_CLOEXEC, SOCK_NONBLOCK, SOL_SOCKET, SO_PEERCRED, MSG_DONTWAIT, MSG_NOSIGNAL, SHUT_RDWR
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    int pthread_create(pthread_t *thread, void *attributes, void *(*run)(void *) noexcept nogil,
-                       void *argument)
-    int pthread_join(pthread_t thread, void **result)
-    int pthread_atfork(void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil,
-                       void (*child)() noexcept nogil)
-
-cdef extern from "<errno.h>" nogil:
-    enum: EMFILE, ENFILE, ENOBUFS, ENOMEM
 
 cdef enum:
     REQUEST_MAX = 64
@@ -98,20 +64,6 @@ cdef struct Handover:
 cdef Server server
 cdef Handover handover
 cdef const char *BAD_REQUEST = b"tbfast: bad request: expected [text|uwsgi|json|faulthandler] [locals] [gil-free]\n"
-
-cdef extern from *:
-    """
-    /* Signal safe: lock-free compare-and-swap of the hand-over state. */
-    static inline int tb_cas_int(int *word, int expected, int desired) {
-        return __atomic_compare_exchange_n(word, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
-    }
-    static inline int tb_load_int(int *word) { return __atomic_load_n(word, __ATOMIC_ACQUIRE); }
-    static inline void tb_store_int(int *word, int value) { __atomic_store_n(word, value, __ATOMIC_RELEASE); }
-    """
-    bint tb_cas_int(int *word, int expected, int desired) nogil
-    int tb_load_int(int *word) nogil
-    void tb_store_int(int *word, int value) nogil
-
 
 cdef bint request_is(const char *request, Py_ssize_t length, const char *name) noexcept nogil:
     # Signal safe.
@@ -478,7 +430,8 @@ cdef int handover_open() except -1:
 cdef int server_start(int listen_fd, int default_format, unsigned int owner_uid) except -1:
     """Starts the server thread on a bound, listening socket it then owns, even when
     it fails (then the fd is closed).  GIL held."""
-    cdef int wake[2], i
+    cdef int wake[2]
+    cdef int i
     if pipe2(wake, O_CLOEXEC) != 0:
         close(listen_fd)
         raise OSError(errno, "tbfast: cannot make the server's wake pipe")
@@ -511,10 +464,3 @@ cdef bint server_stop() noexcept:
     server_forget(True)
     return True
 
-
-cdef extern from "<fcntl.h>" nogil:
-    int pipe2(int fds[2], int flags)
-    enum: O_NONBLOCK
-
-cdef extern from "<poll.h>" nogil:
-    enum: POLLIN

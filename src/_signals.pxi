@@ -1,15 +1,7 @@
-# The C-level signal handler: a dump written while the GIL holder is stuck,
-# because nothing here waits for Python to run.
-
-from posix.signal cimport (sigaction_t, sigaction, siginfo_t, sigemptyset,
-                           SA_SIGINFO, SA_RESTART, SA_NODEFER, SA_ONSTACK)
-from libc.signal cimport SIG_DFL, SIG_IGN, SIGABRT, raise_ as raise_signal
-
-cdef extern from "<signal.h>" nogil:
-    enum: NSIG
-
-cdef enum:
-    SIGNAL_WRITE_MS = 5000     # a stalled reader of a signal's or the watchdog's fd loses the rest
+# Entry point: the C-level signal handler, a dump written while the GIL holder is
+# stuck, because nothing here waits for Python to run.  The handler guards errno,
+# takes the dump through dump_to_sink or hand_to_python (_deliver.pxi), then ends
+# a fault as it would have ended or chains to the handler it replaced.
 
 cdef struct SignalSlot:
     bint installed

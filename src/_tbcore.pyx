@@ -3,26 +3,32 @@
 allocating, formatted into a preallocated buffer and written in one write().
 
 The Python layer (tbfast/__init__.py) is the documented API; these functions
-are its implementation, mirrored by tbfast/_fallback.py.
+are its implementation, mirrored by tbfast/_fallback.py (whose dumps come from
+the Python formatter, tbfast/_pyformat.py).
 """
 
-include "_interp.pxi"
-include "_buffer.pxi"
-include "_threads.pxi"
-include "_format.pxi"
-include "_faulthandler.pxi"
-include "_locals.pxi"
-include "_guard.pxi"
-include "_signals.pxi"
-include "_server.pxi"
-include "_watchdog.pxi"
-include "_crash.pxi"
+# Top-down: declarations, the buffers and the thread table the stages share, the
+# stages (walk -> source lines -> format -> deliver), then the entry points, each
+# only its trigger.  The Python API below is the last entry point.
+include "_decl.pxi"       # every C declaration; the atomics
+include "_buffer.pxi"     # the dumpers and appending to them
+include "_threads.pxi"    # thread names, contexts and harakiri deadlines, by ident
+include "_guard.pxi"      # the SIGSEGV/SIGBUS guard the walk runs under
+include "_walk.pxi"       # stage 1: threads -> frames
+include "_source.pxi"     # stage 2: source lines
+include "_format.pxi"     # stage 3: text, uwsgi, json
+include "_faulthandler.pxi"  # stage 3: faulthandler's format, and what its crash dump adds
+include "_locals.pxi"     # stage 3: locals, for text and json
+include "_deliver.pxi"    # stage 4: fd, spool, the Python side
+include "_signals.pxi"    # entry point: signal handlers
+include "_server.pxi"     # entry point: the socket server thread
+include "_watchdog.pxi"   # entry point: the harakiri watchdog thread
+include "_crash.pxi"      # entry point: the crash handler
 
 import functools
 import os
 import struct
 
-cimport cython
 from tbfast import _limits
 from tbfast._limits import check_seconds
 
@@ -58,7 +64,6 @@ set_locals_mask(_limits.DEFAULT_MASK)
 MODE = "core"
 cdef enum:
     API_WRITE_MS = 60000  # the caller's own fd: wait as a blocking write would, but not forever
-cdef const char *DUMP_SKIPPED = b"tbfast: dump skipped, every dump buffer is in use\n"
 FORMATS = {"text": FORMAT_TEXT, "uwsgi": FORMAT_UWSGI, "json": FORMAT_JSON,
            "faulthandler": FORMAT_FAULTHANDLER}
 
@@ -66,29 +71,6 @@ FORMATS = {"text": FORMAT_TEXT, "uwsgi": FORMAT_UWSGI, "json": FORMAT_JSON,
 class DumpSkipped(RuntimeError):
     """Every dump buffer is in use (signal handlers nested in each other, say): the
     message is the line a GIL-free dump writes in its place."""
-
-
-cdef int dump_to_fd_nogil(int fd, DumpRequest *request, int format, int timeout_ms) noexcept nogil:
-    """Signal safe: dump_to_sink for an fd written once (a socket's client)."""
-    cdef Sink sink
-    sink.fd = fd
-    sink.stalled = False
-    return dump_to_sink(&sink, request, format, timeout_ms)
-
-
-cdef int dump_to_sink(Sink *sink, DumpRequest *request, int format, int timeout_ms) noexcept nogil:
-    """Signal safe: the whole path for the GIL-free triggers: a dump, then one write.
-    Returns 0 or an errno; EBUSY when every dumper is in use."""
-    cdef Dumper *d = dumper_acquire()
-    cdef int error
-    if d == NULL:
-        write_to_sink(sink, DUMP_SKIPPED, strlen(DUMP_SKIPPED), timeout_ms)
-        return 16  # EBUSY
-    dumper_start(d, format)
-    dump(d, request)
-    error = write_dump_to_sink(d, sink, timeout_ms)
-    tb_release(&d.busy)
-    return error
 
 
 cdef Dumper *dump_with_gil(bint all_threads, str fmt, int skip, str trigger,
@@ -200,11 +182,6 @@ def get_context():
     if slot == NULL or slot.context_length < 0:
         return None
     return slot.context[:slot.context_length].decode("utf-8", "replace")
-
-
-cdef extern from "pythread.h":
-    unsigned long PyThread_get_thread_ident() nogil
-
 
 
 def serve_start(int listen_fd, str default_format, unsigned int owner_uid):
@@ -399,7 +376,7 @@ def watchdog_configure(int dump_fd, str fmt, int notify_fd, repeat, grace):
     watchdog.dump_sink.fd = dump_fd
     watchdog.dump_sink.stalled = False
     watchdog.dump_format = FORMATS[fmt]
-    watchdog.notify_fd = notify_fd
+    to_python.notify_fd = notify_fd
     watchdog.repeat_ns = seconds_to_ns(repeat, "repeat")
     watchdog.grace_ns = seconds_to_ns(grace, "grace", True)
     watchdog_start()
@@ -427,10 +404,10 @@ def dump_later(timeout, bint repeat, int fd, bint exit, str fmt="text", bytes pr
                int max_threads=0):
     """faulthandler.dump_traceback_later, on the watchdog thread; `preamble` goes
     before the threads in faulthandler's format."""
-    cdef long long interval = seconds_to_ns(timeout, "timeout")
     set_text(watchdog.later_preamble, preamble)
     watchdog.later_format = FORMATS[fmt]
     watchdog.later_max_threads = max_threads
+    cdef long long interval = seconds_to_ns(timeout, "timeout")
     watchdog.later_sink.fd = fd
     watchdog.later_sink.stalled = False
     watchdog.later_exit = exit
@@ -442,10 +419,6 @@ def dump_later(timeout, bint repeat, int fd, bint exit, str fmt="text", bytes pr
 
 def cancel_dump_later():
     tb_store_ll(&watchdog.later_deadline_ns, 0)
-
-
-cdef extern from "Python.h":
-    int PyThreadState_SetAsyncExc(unsigned long ident, PyObject *exception)
 
 
 def register(int signum, int fd, bint all_threads, bint chain, str fmt, str signame,
@@ -513,10 +486,6 @@ def spool_shipped(unsigned int count):
     for i in range(count):
         if tb_load_uint(&spool.count) > 0:
             tb_unbump(&spool.count)
-
-
-cdef extern from "<unistd.h>" nogil:
-    int dup3(int oldfd, int newfd, int flags)
 
 
 def unregister(int signum):

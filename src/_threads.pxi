@@ -1,4 +1,6 @@
-# Thread names and contexts, recorded while the GIL is held and read without it.
+# Thread names and contexts, recorded while the GIL is held and read without it;
+# and each thread's harakiri deadlines (_watchdog.pxi).  Shared by the stages and
+# the entry points.
 #
 # A fixed open-addressing table keyed by the thread ident (pthread_self), which,
 # unlike the native id, survives fork() in the forking thread.  A new thread
@@ -93,17 +95,6 @@ cdef ThreadSlot *slot_claim(unsigned long ident) noexcept nogil:
     slot.ident = ident
     tb_seq_write_end(&slot.seq)
     return slot
-
-
-cdef extern from *:
-    """
-    /* The calling thread's slot, cached: a harakiri scope finds it without a probe. */
-    static __thread void *tb_own_slot = NULL;
-    static inline void *tb_get_own_slot(void) { return tb_own_slot; }
-    static inline void tb_set_own_slot(void *slot) { tb_own_slot = slot; }
-    """
-    void *tb_get_own_slot() nogil
-    void tb_set_own_slot(void *slot) nogil
 
 
 cdef ThreadSlot *own_slot() except NULL:
