@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 
+import tbfast
 from conftest import needs_core
 from workerkit import autostart_python  # noqa: F401 - a fixture, taken by name
 
-pytestmark = needs_core
 
 CRASHING = """
 import ctypes, sys, threading, traceback
@@ -42,6 +42,7 @@ def run(program, python=sys.executable, **env):
     return result.returncode, result.stdout, result.stderr
 
 
+@needs_core
 def test_a_null_read_dumps_every_thread_then_dies_by_sigsegv():
     code, out, err = run("import tbfast\ntbfast.enable()\n" + CRASHING)
     assert code == -signal.SIGSEGV, err
@@ -54,6 +55,7 @@ def test_a_null_read_dumps_every_thread_then_dies_by_sigsegv():
     assert 'name "slow worker"' in err and "Context: GET /slow?\\x1b[31m" in err  # escaped
 
 
+@needs_core
 @pytest.mark.parametrize("how, signum", [("os.abort()", signal.SIGABRT),
                                          ("os.kill(os.getpid(), signal.SIGFPE)", signal.SIGFPE),
                                          ("signal.raise_signal(signal.SIGBUS)", signal.SIGBUS),
@@ -64,12 +66,14 @@ def test_each_fault_signal(how, signum):
     assert '"trigger":"fatal:%s"' % signal.Signals(signum).name in err
 
 
+@needs_core
 def test_disabled_it_leaves_the_crash_alone():
     code, out, err = run("import tbfast\nassert tbfast.enable() is None and tbfast.is_enabled()\n"
                          "assert tbfast.disable() and not tbfast.is_enabled()\n" + CRASHING)
     assert code == -signal.SIGSEGV and "tbfast dump" not in err
 
 
+@needs_core
 @pytest.mark.parametrize("order", ["faulthandler first", "tbfast first"])
 def test_beside_the_standard_faulthandler_both_dump_once(order):
     first, second = ("faulthandler.enable()", "tbfast.enable()")[::1 if order == "faulthandler first" else -1]
@@ -79,8 +83,19 @@ def test_beside_the_standard_faulthandler_both_dump_once(order):
     assert err.count("trigger=fatal:SIGSEGV") == 1, err
 
 
+@needs_core
 def test_tbfast_faulthandler_environment_variable(autostart_python):  # noqa: F811
     code, out, err = run("import tbfast\nassert tbfast.is_enabled()\n" + CRASHING,
                          python=autostart_python, TBFAST_FAULTHANDLER="1")
     assert code == -signal.SIGSEGV, err
     assert "trigger=fatal:SIGSEGV" in err and "in crash" in err
+
+
+@pytest.mark.skipif(tbfast.HAS_CORE, reason="the fallback's behaviour")
+def test_the_fallback_enables_the_standard_faulthandler_and_says_so():
+    code, out, err = run("import faulthandler, logging, tbfast\nlogging.basicConfig()\n"
+                         "tbfast.enable()\nassert faulthandler.is_enabled()\n" + CRASHING)
+    assert code == -signal.SIGSEGV, err
+    assert "Fatal Python error: Segmentation fault" in err and "in crash" in err
+    if not os.environ.get("TBFAST_NO_EXTENSIONS"):  # a fallback the user chose is not warned of
+        assert "enable() is served by the pure-Python fallback" in err
