@@ -18,6 +18,9 @@ def documented_calls() -> None:
     tbfast.register(signal.SIGUSR1, False, log=True)
     tbfast.register(signal.SIGABRT, 2)
     assert_type(tbfast.unregister(signal.SIGUSR1), bool)
+    tbfast.enable(False, format="json")
+    assert_type(tbfast.is_enabled(), bool)
+    assert_type(tbfast.disable(), bool)
 
     tbfast.dump_traceback()
     tbfast.dump_traceback(sys.stderr, all_threads=False, format="uwsgi")
