@@ -23,6 +23,7 @@ cdef enum:
     TAIL_RESERVE = 512           # kept free for the truncation marker and JSON's closing
     HEADER_RESERVE = 256         # the header goes in front of the body once it is known
     OUTPUT_PREFETCH = 4096       # how far ahead of the writing the buffer is loaded
+    NATIVE_DEPTH = 64            # C frames kept of one thread (_native.pxi)
 
 cdef struct FrameCacheEntry:
     unsigned int generation
@@ -47,6 +48,7 @@ cdef struct RecordedFrame:
     tb_frame *frame              # for its locals, when the dump shows them
     PyCodeObject *code
     int lasti
+    bint ends_call               # the outermost frame of one C call of the interpreter (_native.pxi)
 
 cdef struct Dumper:
     int busy
@@ -66,6 +68,9 @@ cdef struct Dumper:
     char *source_arena
     Py_ssize_t source_arena_length
     RecordedFrame *frames
+    void **native                # a thread's C return addresses, innermost first (_native.pxi)
+    int native_count             # in d.native for the thread being dumped; < 0: none
+    int native_next              # the next of them to show
     char *path
     char *string
     long dropped_frames
@@ -91,7 +96,8 @@ cdef Py_ssize_t dumper_size(Py_ssize_t buffer_size) noexcept nogil:
     # Setup only (GIL held): the bytes one dumper maps.
     return (buffer_size + TAIL_RESERVE + FRAME_CACHE_SIZE * sizeof(FrameCacheEntry) + ARENA_SIZE
             + SCRATCH_SIZE + SOURCE_CACHE_SIZE * sizeof(SourceEntry) + SOURCE_ARENA_SIZE
-            + MAX_RECORDED_FRAMES * sizeof(RecordedFrame) + PATH_BYTES + STRING_BYTES)
+            + MAX_RECORDED_FRAMES * sizeof(RecordedFrame) + PATH_BYTES + STRING_BYTES
+            + NATIVE_DEPTH * sizeof(void *))
 
 
 cdef int dumper_allocate(Dumper *d, Py_ssize_t buffer_size) noexcept nogil:
@@ -121,6 +127,8 @@ cdef int dumper_allocate(Dumper *d, Py_ssize_t buffer_size) noexcept nogil:
     d.path = memory
     memory += PATH_BYTES
     d.string = memory
+    memory += STRING_BYTES
+    d.native = <void **>memory
     return 0
 
 

@@ -80,6 +80,28 @@ cdef extern from "<dlfcn.h>" nogil:
 cdef extern from "<link.h>" nogil:
     struct link_map:
         size_t l_addr
+    ctypedef struct ElfPhdr "ElfW(Phdr)":
+        unsigned int p_type
+        size_t p_vaddr
+        size_t p_memsz
+    ctypedef struct ElfSym "ElfW(Sym)":
+        size_t st_size
+    struct dl_phdr_info:
+        size_t dlpi_addr
+        const char *dlpi_name
+        const ElfPhdr *dlpi_phdr
+        unsigned short dlpi_phnum
+    int dl_iterate_phdr(int (*callback)(dl_phdr_info *info, size_t size, void *data) noexcept nogil,
+                        void *data)
+    enum: PT_LOAD
+
+cdef extern from "<dlfcn.h>" nogil:
+    void *dlsym(void *handle, const char *name)
+    void *RTLD_DEFAULT
+    enum: RTLD_DL_SYMENT
+
+cdef extern from "<string.h>" nogil:
+    char *strncpy(char *to, const char *source, size_t n)
 
 cdef extern from "<stdio.h>" nogil:
     int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
@@ -156,6 +178,8 @@ cdef extern from "tbcore_python.h" nogil:
     PyCodeObject *tb_frame_code(tb_frame *frame)
     int tb_frame_lasti_bytes(tb_frame *frame, PyCodeObject *code)
     bint tb_frame_is_hidden(tb_frame *frame, PyCodeObject *code)
+    bint tb_frame_is_eval_entry(tb_frame *frame)
+    bint tb_frame_is_eval_shim(tb_frame *frame)
     int tb_frame_line(tb_frame *frame, PyCodeObject *code)
     PyThreadState *tb_gil_holder(PyInterpreterState *interp)
     const char *tb_layout_mismatch(const char *skewed, char *message, size_t size)
@@ -272,9 +296,34 @@ cdef extern from *:
     """
     #include <errno.h>
     #include <pthread.h>
+    #include <signal.h>
+    #include <string.h>
     /* Signal safe in practice: glibc reads it from the thread pointer, no call into
        the kernel or locks; unlike the kernel's thread id it survives fork(). */
     static inline unsigned long tb_thread_self(void) { return (unsigned long)pthread_self(); }
+    /* Signal safe: the calling thread's kernel id. */
+    static inline long tb_gettid(void) { return syscall(SYS_gettid); }
+    /* Signal safe: a real-time signal carrying `value` to one thread of this process
+       (rt_tgsigqueueinfo: pthread_sigqueue needs a pthread_t, which C threads'
+       kernel ids do not give). */
+    static inline int tb_signal_thread(long tid, int signum, int value) {
+        siginfo_t info;
+        memset(&info, 0, sizeof(info));
+        info.si_signo = signum;
+        info.si_code = SI_QUEUE;
+        info.si_pid = getpid();
+        info.si_uid = getuid();
+        info.si_value.sival_int = value;
+        return syscall(SYS_rt_tgsigqueueinfo, getpid(), tid, signum, &info) == 0 ? 0 : -1;
+    }
+    /* The signal native frames are asked with: one of the last real-time signals,
+       which libraries rarely take (glibc keeps the first ones for itself). */
+    static inline int tb_native_signal_number(void) { return SIGRTMAX - 4; }
+    /* Setup only: the main program's path (dl_iterate_phdr gives it no name). */
+    static inline void tb_readlink_exe(char *out, size_t size) {
+        ssize_t n = readlink("/proc/self/exe", out, size - 1);
+        out[n > 0 ? n : 0] = 0;
+    }
     /* Signal safe: a handler puts back the errno it found. */
     static inline void tb_set_errno(int value) { errno = value; }
     /* Signal safe: copies n bytes in 32-byte blocks, inline: may read and write up to
@@ -299,3 +348,8 @@ cdef extern from *:
     void tb_prefetch_write(const void *address) nogil
     void *tb_get_own_slot() nogil
     void tb_set_own_slot(void *slot) nogil
+    long tb_gettid() nogil
+    int tb_signal_thread(long tid, int signum, int value) nogil
+    int tb_native_signal_number() nogil
+    void tb_readlink_exe(char *out, size_t size) nogil
+    enum: SI_QUEUE

@@ -364,6 +364,8 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
         d.dropped_threads += 1
         d.dropped_frames += total
         return
+    if d.format != FORMAT_UWSGI:
+        native_begin(d, tstate, request, tstate == holder, current)
     if d.walk_faulted and d.format == FORMAT_UWSGI:  # uWSGI's order: the outermost first
         shown += emit_unreadable_frame(d, tstate, 0)
     for i in range(recorded):
@@ -376,6 +378,8 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
         represented = 1  # frames this step puts in the output
         if d.format == FORMAT_TEXT:
             represented = 0
+            if d.native_count > 0 and (i == 0 or d.frames[i - 1].ends_call):
+                native_until_python(d, request)
             if not same_place(entry, previous):
                 if count > recursive_cutoff:
                     emit_repeated(d, count)
@@ -413,6 +417,8 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
             shown += count - recursive_cutoff
     if d.walk_faulted and d.format != FORMAT_UWSGI and shown == total - 1:
         shown += emit_unreadable_frame(d, tstate, recorded)  # after every frame read
+    if d.format != FORMAT_UWSGI and not d.full:
+        native_rest(d, request)
     if shown < total:
         d.dropped_threads += 1
         d.dropped_frames += total - shown

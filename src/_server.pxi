@@ -22,6 +22,8 @@ cdef enum:
     OPTION_BASE = 16           # request_word's values from here on are options
     OPTION_LOCALS = 1          # request words beyond the format
     OPTION_GIL_FREE = 2
+    OPTION_NATIVE = 4          # C frames of the threads that run or hold the GIL (_native.pxi)
+    OPTION_NATIVE_ALL = 8      # of every thread
     HANDOVER_IDLE = 0          # the consistent thread's hand-over, as the server sees it
     HANDOVER_FILLING = 1
     HANDOVER_POSTED = 2
@@ -63,7 +65,7 @@ cdef struct Handover:
 
 cdef Server server
 cdef Handover handover
-cdef const char *BAD_REQUEST = b"tbfast: bad request: expected [text|uwsgi|json|faulthandler] [locals] [gil-free]\n"
+cdef const char *BAD_REQUEST = b"tbfast: bad request: expected [text|uwsgi|json|faulthandler] [locals] [gil-free] [native] [native-all]\n"
 
 cdef bint request_is(const char *request, Py_ssize_t length, const char *name) noexcept nogil:
     # Signal safe.
@@ -131,6 +133,10 @@ cdef int request_word(const char *word, Py_ssize_t length) noexcept nogil:
         return OPTION_BASE + OPTION_LOCALS
     if request_is(word, length, b"gil-free"):
         return OPTION_BASE + OPTION_GIL_FREE
+    if request_is(word, length, b"native"):
+        return OPTION_BASE + OPTION_NATIVE
+    if request_is(word, length, b"native-all"):
+        return OPTION_BASE + OPTION_NATIVE_ALL
     return -1
 
 
@@ -165,7 +171,11 @@ cdef void serve_client(int client) noexcept nogil:
         return
     request_init(&request, server.interp, b"socket", 0, False)  # this thread runs no Python
     request.locals = options & OPTION_LOCALS
-    if not options & OPTION_GIL_FREE and handover.wait_ms > 0:
+    request.native = (NATIVE_ALL if options & OPTION_NATIVE_ALL else
+                      NATIVE_BUSY if options & OPTION_NATIVE else NATIVE_NONE)
+    request.symbolize = True  # a thread of its own, in no handler
+    # A native dump is GIL-free: C stacks are what a stuck worker's dump is for.
+    if not options & (OPTION_GIL_FREE | OPTION_NATIVE | OPTION_NATIVE_ALL) and handover.wait_ms > 0:
         request.gil_wait_ms = hand_over(client, format, options)
         if request.gil_wait_ms < 0:
             return

@@ -10,6 +10,7 @@ cdef struct SignalSlot:
     bint chain
     int format
     int max_threads            # faulthandler's format: threads before "..." (0: all)
+    int native                 # C frames: NATIVE_NONE, _BUSY or _ALL, as module+offset
     bint log                   # also spooled and handed to the `tbfast` logger (_watchdog.pxi)
     char trigger[48]
     sigaction_t previous
@@ -26,6 +27,7 @@ cdef void on_signal(int signum, siginfo_t *info, void *context) noexcept nogil:
     request_init(&request, signal_interp, slot.trigger, tb_thread_self(), False)
     request.all_threads = slot.all_threads
     request.max_threads = slot.max_threads
+    request.native = slot.native  # symbolize stays False: no dladdr1 in a handler
     if slot.log:
         hand_to_python(&request, slot.format, &slot.sink, request.current_ident, 0, KIND_SIGNAL)
     else:
@@ -76,7 +78,7 @@ cdef void chain_previous(int signum, siginfo_t *info, void *context, SignalSlot 
 
 
 cdef int signal_install(int signum, int fd, bint all_threads, bint chain, int format,
-                        bytes trigger, bint log, int max_threads) except -1:
+                        bytes trigger, bint log, int max_threads, int native) except -1:
     """Installs (or updates) the handler for one signal.  GIL held."""
     cdef SignalSlot *slot = &signal_slots[signum]
     cdef sigaction_t action
@@ -92,6 +94,7 @@ cdef int signal_install(int signum, int fd, bint all_threads, bint chain, int fo
     slot.chain = chain
     slot.format = format
     slot.max_threads = max_threads
+    slot.native = native
     slot.log = log
     sigemptyset(&action.sa_mask)
     action.sa_sigaction = <void (*)(int, siginfo_t *, void *) noexcept nogil>on_signal

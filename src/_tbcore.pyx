@@ -19,6 +19,7 @@ include "_source.pxi"     # stage 2: source lines
 include "_format.pxi"     # stage 3: text, uwsgi, json
 include "_faulthandler.pxi"  # stage 3: faulthandler's format, and what its crash dump adds
 include "_locals.pxi"     # stage 3: locals, for text and json
+include "_native.pxi"     # stage 3: C frames, taken by each thread itself
 include "_deliver.pxi"    # stage 4: fd, spool, the Python side
 include "_signals.pxi"    # entry point: signal handlers
 include "_server.pxi"     # entry point: the socket server thread
@@ -64,6 +65,7 @@ set_locals_mask(_limits.DEFAULT_MASK)
 MODE = "core"
 cdef enum:
     API_WRITE_MS = 60000  # the caller's own fd: wait as a blocking write would, but not forever
+NATIVE = {None: NATIVE_NONE, "busy": NATIVE_BUSY, "all": NATIVE_ALL}
 FORMATS = {"text": FORMAT_TEXT, "uwsgi": FORMAT_UWSGI, "json": FORMAT_JSON,
            "faulthandler": FORMAT_FAULTHANDLER}
 
@@ -75,7 +77,7 @@ class DumpSkipped(RuntimeError):
 
 cdef Dumper *dump_with_gil(bint all_threads, str fmt, int skip, str trigger,
                            bint exclude_self=False, bint locals=False,
-                           int max_threads=0) except NULL:
+                           int max_threads=0, int native=NATIVE_NONE) except NULL:
     """A dump taken by the calling thread, which holds the GIL, so the walk is exact;
     `exclude_self` leaves the calling thread out.  The caller releases the dumper."""
     cdef int format = FORMATS[fmt]
@@ -91,18 +93,24 @@ cdef Dumper *dump_with_gil(bint all_threads, str fmt, int skip, str trigger,
         request.excluded_ident = request.current_ident
     request.locals = locals
     request.max_threads = max_threads
+    if native != NATIVE_NONE:
+        native_setup()
+    request.native = native
+    request.symbolize = True  # the caller's thread, outside any handler
     dumper_start(d, format)
     dump(d, &request)
     return d
 
 
 def format_dump(bint all_threads, str fmt, int skip, str trigger="api", bint exclude_self=False,
-                bint locals=False, int max_threads=0):
+                bint locals=False, int max_threads=0, int native=NATIVE_NONE):
     """The dump as bytes; `skip` frames of the caller's are left out, or all of them
     with `exclude_self`; `locals` adds each frame's (the values read without code);
-    `max_threads` caps faulthandler's format as its own does (0: no cap)."""
+    `max_threads` caps faulthandler's format as its own does (0: no cap); `native`
+    adds C frames: NATIVE["busy"] for the threads that run, hold the GIL or dump,
+    NATIVE["all"] for every thread."""
     cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger, exclude_self, locals,
-                                   max_threads)
+                                   max_threads, native)
     try:
         return d.buf[d.start:d.length]
     finally:
@@ -110,10 +118,11 @@ def format_dump(bint all_threads, str fmt, int skip, str trigger="api", bint exc
 
 
 def dump_to_fd(int fd, bint all_threads, str fmt, int skip, str trigger="api", bint locals=False,
-               int max_threads=0):
+               int max_threads=0, int native=NATIVE_NONE):
     """Walks with the GIL, then writes without it: a reader in this same process
     can drain a pipe meanwhile."""
-    cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger, False, locals, max_threads)
+    cdef Dumper *d = dump_with_gil(all_threads, fmt, skip, trigger, False, locals, max_threads,
+                                   native)
     cdef int error
     with nogil:
         error = write_dump(d, fd, API_WRITE_MS)
@@ -188,6 +197,7 @@ def serve_start(int listen_fd, str default_format, unsigned int owner_uid):
     """Serves dumps on a bound, listening UNIX socket (the fd is the server's from
     now on) from a native thread; a server already running is stopped first."""
     server_stop()
+    native_setup()  # a client may ask for C frames: the server thread cannot run Python then
     if default_format not in FORMATS:
         close(listen_fd)  # the fd is the server's even when it fails
         raise ValueError("unknown format %r" % (default_format,))
@@ -370,9 +380,13 @@ cdef class HarakiriScope:
         return False
 
 
-def watchdog_configure(int dump_fd, str fmt, int notify_fd, repeat, grace):
+def watchdog_configure(int dump_fd, str fmt, int notify_fd, repeat, grace, native=None):
     """Where expiries go (fd, or -1; the Python side's pipe, or -1), how often a still
-    stuck thread is logged again and the grace before raise or abort; starts the thread."""
+    stuck thread is logged again and the grace before raise or abort, and which C
+    frames its dumps show (NATIVE's keys); starts the thread."""
+    if native is not None:
+        native_setup()
+    watchdog.native = NATIVE[native]
     watchdog.dump_sink.fd = dump_fd
     watchdog.dump_sink.stalled = False
     watchdog.dump_format = FORMATS[fmt]
@@ -422,10 +436,13 @@ def cancel_dump_later():
 
 
 def register(int signum, int fd, bint all_threads, bint chain, str fmt, str signame,
-             bint log=False, int max_threads=0):
-    """log: also spool the dump and hand it to the watchdog's Python side (its pipe)."""
+             bint log=False, int max_threads=0, native=None):
+    """log: also spool the dump and hand it to the watchdog's Python side (its pipe);
+    native: which threads' C frames it shows (NATIVE's keys), as module+offset."""
+    if native is not None:
+        native_setup()
     signal_install(signum, fd, all_threads, chain, FORMATS[fmt], ("signal:" + signame).encode(),
-                   log, max_threads)
+                   log, max_threads, NATIVE[native])
 
 
 def crash_enable(int fd, str fmt, bint all_threads, bint c_stack, int max_threads, preambles,

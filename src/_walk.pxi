@@ -29,6 +29,8 @@ cdef struct DumpRequest:
     unsigned long excluded_ident  # a thread left out (the consistent thread), 0 for none
     const char *preamble       # faulthandler's format: what comes before the threads
     int max_threads            # faulthandler's format: threads shown before "..." (0: all)
+    int native                 # C frames: NATIVE_NONE, NATIVE_BUSY or NATIVE_ALL (_native.pxi)
+    bint symbolize             # their names, by dladdr1: never in a signal handler
 
 
 cdef void request_init(DumpRequest *request, PyInterpreterState *interp, const char *trigger,
@@ -47,6 +49,8 @@ cdef void request_init(DumpRequest *request, PyInterpreterState *interp, const c
     request.excluded_ident = handover.thread_ident  # tbfast's own Python thread, or 0
     request.preamble = b""
     request.max_threads = 0
+    request.native = NATIVE_NONE
+    request.symbolize = False
 
 
 # ---------------------------------------------------------------- the thread loop
@@ -122,6 +126,8 @@ cdef void record_frames(Dumper *d, PyThreadState *tstate, int skip) noexcept nog
         walked += 1
         tb_prefetch_callers(frame)
         code = tb_frame_code(frame)
+        if tb_frame_is_eval_shim(frame) and d.recorded > 0:
+            d.frames[d.recorded - 1].ends_call = True
         if not tb_frame_is_hidden(frame, code):
             if skip > 0:
                 skip -= 1
@@ -130,6 +136,7 @@ cdef void record_frames(Dumper *d, PyThreadState *tstate, int skip) noexcept nog
                     d.frames[d.recorded].frame = frame
                     d.frames[d.recorded].code = code
                     d.frames[d.recorded].lasti = tb_frame_lasti_bytes(frame, code)
+                    d.frames[d.recorded].ends_call = tb_frame_is_eval_entry(frame)
                     d.recorded += 1
                 d.visible += 1
         frame = tb_previous_frame(frame)

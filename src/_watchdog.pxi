@@ -28,6 +28,7 @@ cdef struct Watchdog:
     PyInterpreterState *interp
     Sink dump_sink             # fd -1: no fd destination
     int dump_format
+    int native                   # C frames in its dumps: NATIVE_NONE, _BUSY or _ALL
     long long repeat_ns        # log again this often while still stuck
     long long grace_ns         # between the dump and the raise or abort
     # dump_traceback_later: one process-wide timer, as in faulthandler
@@ -62,6 +63,8 @@ cdef void dump_expired(ThreadSlot *slot, long long stuck_ns) noexcept nogil:
     and the logger."""
     cdef DumpRequest request
     request_init(&request, watchdog.interp, b"harakiri", 0, False)
+    request.native = watchdog.native
+    request.symbolize = True  # its own thread, in no handler
     request.stuck_ident = slot.ident
     request.stuck_ns = stuck_ns
     hand_to_python(&request, watchdog.dump_format, &watchdog.dump_sink, slot.ident, stuck_ns,

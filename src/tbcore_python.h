@@ -230,6 +230,32 @@ static inline TB_RACY int tb_frame_is_hidden(tb_frame *frame, PyCodeObject *code
            code->_co_firsttraceable * (int)sizeof(_Py_CODEUNIT);
 }
 
+/* Native dumps pair each _PyEval_EvalFrameDefault C frame with the Python frames
+   that one call of it runs, innermost first.  Signal safe: whether `frame` is the
+   first its call ran (3.11 marks it; its caller belongs to the next call down). */
+static inline TB_RACY int tb_frame_is_eval_entry(tb_frame *frame) {
+#if PY_VERSION_HEX < 0x030C0000
+    return frame->is_entry;
+#else
+    (void)frame;
+    return 0;
+#endif
+}
+
+/* Signal safe: whether `frame` is the shim a call of _PyEval_EvalFrameDefault
+   pushes under the frames it runs (3.12+; 3.14 also uses such frames as
+   trampolines, which then split one call's frames in two). */
+static inline TB_RACY int tb_frame_is_eval_shim(tb_frame *frame) {
+#if PY_VERSION_HEX >= 0x030E0000
+    return frame->owner == FRAME_OWNED_BY_INTERPRETER;
+#elif PY_VERSION_HEX >= 0x030C0000
+    return frame->owner == FRAME_OWNED_BY_CSTACK;
+#else
+    (void)frame;
+    return 0;
+#endif
+}
+
 /* Signal safe: the line a frame is at (PyCode_Addr2Line only decodes the
    line table), or -1 when unknown. */
 static inline TB_RACY int tb_frame_line(tb_frame *frame, PyCodeObject *code) {

@@ -11,7 +11,8 @@ import signal as _signal
 
 from . import _crash, _limits, _names, _pyformat, _pywrite, watchdog
 from ._backend import CAPABILITIES as _CAPABILITIES, FALLBACK_REASON, HAS_CORE, MODE
-from ._backend import impl as _impl, warn_if_fallback as _warn_if_fallback
+from ._backend import impl as _impl, native_option as _native_option
+from ._backend import warn_if_fallback as _warn_if_fallback
 from ._fds import fd_of as _fd_of
 from ._limits import FORMATS, check_format as _check_format
 from .saferepr import safe_repr  # dumps with locals come from the Python formatter (the GIL)
@@ -36,29 +37,32 @@ class Breakpoint(Exception):
     """Raised at the line a request asked for, by tbfast.wsgi.LiveBreakpointMiddleware."""
 
 
-def dump_traceback(file=None, all_threads=True, *, format="text", locals=False):
+def dump_traceback(file=None, all_threads=True, *, format="text", locals=False, native=False):
     """Write the traceback of every thread (or only this one) to a file or fd.
 
     `file` defaults to sys.stderr.  The write happens without the GIL, so a
     thread of this process may drain a pipe the dump goes to.  `locals=True`
     adds each frame's locals as safe, bounded, masked reprs (tbfast.saferepr).
+    `native=True` adds the C frames of the threads that run or hold the GIL (and
+    this one's), in place of the interpreter's own; `native="all"`, every thread's.
     """
     _check_format(format)
     fd = _fd_of(file)
     if locals:
         _pywrite.dump_to_fd(fd, all_threads, format, 1, safe=safe_repr)
     else:
-        _impl.dump_to_fd(fd, all_threads, format, 1)
+        _impl.dump_to_fd(fd, all_threads, format, 1, **_native_option(native, numbered=True))
 
 
-def format_traceback(all_threads=True, *, format="text", locals=False):
-    """The dump as a str; `locals=True` as in dump_traceback."""
+def format_traceback(all_threads=True, *, format="text", locals=False, native=False):
+    """The dump as a str; `locals` and `native` as in dump_traceback."""
     _check_format(format)
     if locals:
         data = _pyformat.format_dump(all_threads, format, 1, safe=safe_repr)
     else:
-        data = _impl.format_dump(all_threads, format, 1)
+        data = _impl.format_dump(all_threads, format, 1, **_native_option(native, numbered=True))
     return data.decode("utf-8", "replace")
+
 
 
 _registered_files = {}
@@ -94,7 +98,8 @@ def is_enabled():
     return _impl.crash_enabled()
 
 
-def register(signum, file=None, all_threads=True, chain=False, *, format="text", log=False):
+def register(signum, file=None, all_threads=True, chain=False, *, format="text", log=False,
+             native=False):
     """Dump on signal `signum`, from a C-level handler when the core is in use:
     the dump is written even while the GIL holder is stuck in C.
 
@@ -107,6 +112,10 @@ def register(signum, file=None, all_threads=True, chain=False, *, format="text",
     the handler that was there before (chain=True) or the default action comes back
     and the signal is raised again, so the process ends by it, as with faulthandler.
     The fallback refuses them (ValueError): its handler could never run on a fault.
+
+    `native` as in dump_traceback; in a signal handler C frames are shown as
+    module+offset (names need the loader, which a handler must not call): resolve
+    them with addr2line or gdb, or ask the socket, which names them.
     """
     _check_format(format)
     signum = _valid_signal(signum)
@@ -114,7 +123,8 @@ def register(signum, file=None, all_threads=True, chain=False, *, format="text",
     _warn_if_fallback("register(%s)" % _signal_name(signum))
     if log:
         watchdog.ensure_configured()  # its Python side logs and ships
-    _impl.register(signum, fd, all_threads, chain, format, _signal_name(signum), log)
+    _impl.register(signum, fd, all_threads, chain, format, _signal_name(signum), log,
+                   **_native_option(native))
     _registered_files[signum] = file  # keeps the file, so its fd stays open
 
 

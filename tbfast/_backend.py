@@ -17,7 +17,8 @@ import warnings
 
 from . import _fallback, _pyformat
 
-__all__ = ["impl", "MODE", "HAS_CORE", "FALLBACK_REASON", "CAPABILITIES", "warn_if_fallback"]
+__all__ = ["impl", "MODE", "HAS_CORE", "FALLBACK_REASON", "CAPABILITIES", "warn_if_fallback",
+           "native_option"]
 
 #: What the core does beyond the fallback's face:
 #: "gil-free": dumps (signal, socket, watchdog) without the GIL, from names and
@@ -25,8 +26,9 @@ __all__ = ["impl", "MODE", "HAS_CORE", "FALLBACK_REASON", "CAPABILITIES", "warn_
 #: "handover": socket dumps that wait `gil_wait` for the GIL to walk consistently
 #:   (tbfast.consistent);
 #: "spool": dumps written to files without the GIL (tbfast.spool);
-#: "locals-gil-free": locals read without the GIL, masked as set_mask says.
-CORE_CAPABILITIES = frozenset({"gil-free", "handover", "spool", "locals-gil-free"})
+#: "locals-gil-free": locals read without the GIL, masked as set_mask says;
+#: "native": each thread's C frames, taken by the thread itself (src/_native.pxi).
+CORE_CAPABILITIES = frozenset({"gil-free", "handover", "spool", "locals-gil-free", "native"})
 
 
 def _choose():
@@ -70,3 +72,16 @@ def warn_if_fallback(promise):
         "tbfast: %s is served by the pure-Python fallback because %s: its dumps need "
         "the GIL, so a thread stuck in C while holding it delays or stops them",
         promise, FALLBACK_REASON)
+
+
+def native_option(native, numbered=False):
+    """The core's `native` keyword for the API's value (False, True or "all"): {} for
+    none, else the level's name ("busy", "all"), or its number for the dump calls."""
+    if native is False or native is None:
+        return {}
+    if native is not True and native != "all":
+        raise ValueError("native must be True, False or 'all', not %r" % (native,))
+    if "native" not in CAPABILITIES:
+        raise RuntimeError("native frames need the C core (tbfast.MODE is %r)" % MODE)
+    level = "all" if native == "all" else "busy"
+    return {"native": impl.NATIVE[level] if numbered else level}

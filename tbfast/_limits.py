@@ -14,7 +14,7 @@ CONTEXT_LIMIT = 500
 RECURSIVE_CUTOFF = 3   # as traceback.StackSummary: 3 identical lines, then a count
 
 FORMATS = ("text", "uwsgi", "json", "faulthandler")  # what every layer writes and accepts
-REQUEST_OPTIONS = ("locals", "gil-free")  # the socket request's other words
+REQUEST_OPTIONS = ("locals", "gil-free", "native", "native-all")  # the socket request's other words
 # What both servers answer to a request they cannot read (docs/protocol.md#request).
 BAD_REQUEST = ("tbfast: bad request: expected [%s] %s\n" % (
     "|".join(FORMATS), " ".join("[%s]" % option for option in REQUEST_OPTIONS))).encode()

@@ -263,7 +263,8 @@ def connect_and_read(args, out, err):
     for pattern, message in errors:
         err.write("tbfast: %s: %s\n" % (printable(pattern), message))
     words = ["json" if args.summary else args.format, "locals" if args.locals else None,
-             "gil-free" if args.gil_free else None]
+             "gil-free" if args.gil_free else None,
+             "native-all" if args.native_all else "native" if args.native else None]
     request = " ".join(word for word in words if word).encode() + b"\n"
     allowed_uids = None if args.any_owner else args.allow_uid
     dumps, printed = [], 0
@@ -363,6 +364,11 @@ def parser():
                       "masked)")
     read.add_argument("--gil-free", action="store_true",
                       help="skip the consistent walk: do not wait for the GIL at all")
+    read.add_argument("--native", action="store_true",
+                      help="also the C frames of the threads that run or hold the GIL, with "
+                      "their names (a native dump is GIL-free)")
+    read.add_argument("--native-all", action="store_true",
+                      help="the C frames of every thread")
     read.add_argument("--summary", action="store_true",
                       help="group identical stacks across all threads of all workers read, "
                       "most common first")

@@ -18,7 +18,7 @@ import struct
 import threading
 
 from . import _fallback_watchdog, _spoolfiles
-from ._backend import CAPABILITIES, impl, warn_if_fallback
+from ._backend import CAPABILITIES, impl, native_option, warn_if_fallback
 from ._fds import fd_of
 from ._limits import KIND_RAISE, NOTIFY_RECORD, check_format, check_seconds
 from .shipping import Shipper
@@ -57,7 +57,7 @@ class _Watchdog:
         self.configured = False
         self.pid = os.getpid()
 
-    def configure(self, file, format, log, repeat, grace):
+    def configure(self, file, format, log, repeat, grace, native=False):
         check_format(format)
         check_seconds(repeat, "repeat")  # before any change: a bad value changes nothing
         check_seconds(grace, "grace", zero_ok=True)
@@ -85,13 +85,14 @@ class _Watchdog:
                     self.shipper.jobs.put(("orphans",))
             self.shipper.log, self.shipper.format = bool(log), format
             self.file = file  # keeps a file object, so its fd stays open
-            impl.watchdog_configure(fd, format, self.reader._args[1], repeat, grace)
-            self.settings = (file, format, log, repeat, grace)
+            impl.watchdog_configure(fd, format, self.reader._args[1], repeat, grace,
+                                    **native_option(native))
+            self.settings = (file, format, log, repeat, grace, native)
             self.configured = True
 
     def ensure_configured(self):
         if not self.configured or self.pid != os.getpid():
-            self.configure(*(self.settings or (None, "text", True, 10.0, 0.0)))
+            self.configure(*(self.settings or (None, "text", True, 10.0, 0.0, False)))
 
 
 _watchdog = _Watchdog()
@@ -107,7 +108,7 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def configure(*, file=None, format="text", log=True, repeat=10.0, grace=0.0):
+def configure(*, file=None, format="text", log=True, repeat=10.0, grace=0.0, native=False):
     """Where harakiri dumps go and what follows them.
 
     file: an fd or file object (default sys.stderr), or False for none.
@@ -115,8 +116,10 @@ def configure(*, file=None, format="text", log=True, repeat=10.0, grace=0.0):
     log: also hand each dump to the `tbfast` logger (level ERROR; see tbfast.shipping.log_fields).
     repeat: seconds between dumps while a thread with action="log" stays stuck.
     grace: seconds between the dump and a `raise` or `abort`.
+    native: True adds the C frames of the threads that run or hold the GIL (the
+    stuck one's, when it is stuck in C), "all" every thread's (needs the core).
     """
-    _watchdog.configure(file, format, log, repeat, grace)
+    _watchdog.configure(file, format, log, repeat, grace, native)
 
 
 def ensure_configured():
