@@ -37,7 +37,7 @@ cdef extern from "<errno.h>" nogil:
 cdef extern from "<fcntl.h>" nogil:
     int openat(int dirfd, const char *path, int flags, int mode)
     int pipe2(int fds[2], int flags)
-    enum: O_NONBLOCK
+    enum: O_NONBLOCK, O_DIRECTORY
 
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
@@ -298,6 +298,7 @@ cdef extern from *:
     #include <pthread.h>
     #include <signal.h>
     #include <string.h>
+    #include <sys/prctl.h>
     /* Signal safe in practice: glibc reads it from the thread pointer, no call into
        the kernel or locks; unlike the kernel's thread id it survives fork(). */
     static inline unsigned long tb_thread_self(void) { return (unsigned long)pthread_self(); }
@@ -319,6 +320,12 @@ cdef extern from *:
     /* The signal native frames are asked with: one of the last real-time signals,
        which libraries rarely take (glibc keeps the first ones for itself). */
     static inline int tb_native_signal_number(void) { return SIGRTMAX - 4; }
+    /* Signal safe: the calling thread's kernel name (at most 15 bytes). */
+    static inline void tb_name_self(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
+    /* Signal safe: directory entries of an open directory into `buffer`; bytes, 0 at the end. */
+    static inline long tb_getdents(int fd, char *buffer, size_t size) {
+        return syscall(SYS_getdents64, fd, buffer, size);
+    }
     /* Setup only: the main program's path (dl_iterate_phdr gives it no name). */
     static inline void tb_readlink_exe(char *out, size_t size) {
         ssize_t n = readlink("/proc/self/exe", out, size - 1);
@@ -352,4 +359,6 @@ cdef extern from *:
     int tb_signal_thread(long tid, int signum, int value) nogil
     int tb_native_signal_number() nogil
     void tb_readlink_exe(char *out, size_t size) nogil
+    void tb_name_self(const char *name) nogil
+    long tb_getdents(int fd, char *buffer, size_t size) nogil
     enum: SI_QUEUE

@@ -336,3 +336,109 @@ cdef void emit_native_line(Dumper *d, void *address, bint symbolize) noexcept no
     emit_str(d, b"  [C] ")
     emit_printable(d, line.buf, line.length)
     emit_str(d, b"\n")
+
+
+
+# ---------------------------------------------------------------- threads Python never knew
+
+cdef bint is_python_thread(Dumper *d, DumpRequest *request, long tid) noexcept nogil:
+    # Signal safe: whether a thread state of the interpreter runs on kernel thread `tid`.
+    cdef StepJob step
+    cdef long walked = 0
+    step.tstate = tb_first_thread(request.interp)
+    while step.tstate != NULL and walked < MAX_THREADS_WALKED and guarded_step(d, &step):
+        if <long>step.native_id == tid:
+            return True
+        step.tstate = step.following
+        walked += 1
+    return False
+
+
+cdef Py_ssize_t kernel_name(long tid, char *out) noexcept nogil:
+    # Signal safe: /proc/self/task/TID/comm, without its newline, into `out` (64 bytes).
+    cdef char path[64]
+    cdef Py_ssize_t n
+    memcpy(path, b"/proc/self/task/", 16)
+    n = 16 + format_unsigned(path + 16, <unsigned long long>tid)
+    memcpy(path + n, b"/comm\0", 6)
+    cdef int fd = os_open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0:
+        return 0
+    n = read(fd, out, 63)
+    close(fd)
+    if n > 0 and out[n - 1] == b'\n':
+        n -= 1
+    return max(n, 0)
+
+
+cdef void dump_foreign_threads(Dumper *d, DumpRequest *request) noexcept nogil:
+    """Signal safe: with every thread's C frames asked for, the threads of the process
+    that Python never knew (a C library's own), from /proc/self/task, each with its
+    kernel name and C frames; tbfast's own threads (tbfast-*) are left out."""
+    cdef char *entries = d.scratch + SCRATCH_SIZE // 2  # the other half reads nothing now
+    cdef char name[64]
+    cdef long got, offset, tid
+    cdef Py_ssize_t name_length
+    cdef int fd = os_open(b"/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if fd < 0:
+        return
+    got = tb_getdents(fd, entries, SCRATCH_SIZE // 2)
+    while got > 0:
+        offset = 0
+        while offset < got:
+            tid = decimal_name(entries + offset + 19)  # struct linux_dirent64's d_name
+            offset += (<unsigned short *>(entries + offset + 16))[0]
+            if tid <= 0 or is_python_thread(d, request, tid):
+                continue
+            name_length = kernel_name(tid, name)
+            if name_length >= 7 and memcmp(name, b"tbfast-", 7) == 0:
+                continue
+            emit_foreign_thread(d, request, tid, name, name_length)
+        got = tb_getdents(fd, entries, SCRATCH_SIZE // 2)
+    close(fd)
+
+
+cdef long decimal_name(const char *text) noexcept nogil:
+    # Signal safe: a directory entry's name as a number; -1 for ".", "..".
+    cdef long value = 0
+    cdef int i = 0
+    while text[i] != 0:
+        if not (b'0' <= text[i] <= b'9'):
+            return -1
+        value = value * 10 + (text[i] - 48)
+        i += 1
+    return value if i else -1
+
+
+cdef void emit_foreign_thread(Dumper *d, DumpRequest *request, long tid, const char *name,
+                              Py_ssize_t name_length) noexcept nogil:
+    # Signal safe: one thread Python never knew, in the dump's format.
+    cdef Py_ssize_t mark = d.length
+    if d.format == FORMAT_JSON:
+        if d.threads_written:
+            emit_str(d, b",")
+        emit_str(d, b'{"ident":null,"native_id":')
+        emit_decimal(d, tid)
+        emit_str(d, b',"name":')
+        emit_json_string(d, name, name_length)
+        emit_str(d, b',"python":false,"current":false,"holds_gil":false,"context":null,"frames":[')
+    else:
+        emit_str(d, b"Thread of no Python (native id ")
+        emit_decimal(d, tid)
+        emit_str(d, b', name "')
+        emit_printable(d, name, name_length)
+        emit_str(d, b'") (most recent call first):\n')
+    d.native_count = native_stack(d, tid)
+    d.native_next = native_first_frame(d, d.native_count) if d.native_count > 0 else 0
+    if d.native_count < 0 and d.format == FORMAT_TEXT:
+        emit_str(d, b"  [C] <no answer within 20 ms: the thread blocks signals, or is stopped>\n")
+    native_rest(d, request)
+    if d.format == FORMAT_JSON:
+        emit_tail_str(d, b"]}")
+    else:
+        emit_str(d, b"\n")
+    if d.full:
+        d.length = mark
+        d.dropped_threads += 1
+    else:
+        d.threads_written += 1

@@ -347,6 +347,7 @@ cdef void *serve_loop(void *unused) noexcept nogil:
     cdef pollfd waiters[2 + WAITING_MAX]
     cdef int client, count, i, timeout_ms = -1
     block_async_signals()
+    tb_name_self(b"tbfast-server")  # so that native dumps leave tbfast's threads out
     while True:
         waiters[0].fd = server.listen_fd
         waiters[0].events = POLLIN

@@ -102,6 +102,8 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
             threads += guarded_dump_thread(d, step.tstate, request, holder)
         step.tstate = step.following
         walked += 1
+    if request.native == NATIVE_ALL and d.format != FORMAT_UWSGI:
+        dump_foreign_threads(d, request)
     emit_end(d)
     emit_header(d, request, threads, started, holder_ident)
 
@@ -148,12 +150,14 @@ cdef struct StepJob:
     PyThreadState *tstate
     PyThreadState *following
     unsigned long ident
+    unsigned long native_id
 
 
 cdef void step_job(void *argument) noexcept nogil:
     # Signal safe: reads a thread state's ident and its successor in the list.
     cdef StepJob *job = <StepJob *>argument
     job.ident = tb_thread_ident(job.tstate)
+    job.native_id = tb_thread_native_id(job.tstate)
     job.following = tb_next_thread(job.tstate)
     tb_prefetch_thread(job.tstate)
 

@@ -129,6 +129,7 @@ cdef void *watchdog_loop(void *unused) noexcept nogil:
     cdef long long now, nearest, due
     cdef int i
     block_async_signals()
+    tb_name_self(b"tbfast-watchdog")  # so that native dumps leave tbfast's threads out
     while True:
         # The word before the flag: a stop that bumped the word after this load makes
         # the futex wait return at once; one that bumped it before has set the flag.

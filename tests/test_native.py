@@ -3,6 +3,7 @@ called into C, taken by the thread itself on a private signal.  Against a real C
 extension built with gcc (tests/native/tbnative.c, tests/nativekit.py) in real
 worker processes; the truth for C names is the extension's own symbol table (nm)."""
 
+import json
 import os
 import re
 import select
@@ -18,7 +19,7 @@ import pytest
 import tbfast
 from conftest import needs_core
 from nativekit import (  # noqa: F401 - fixtures, taken by name
-    SPIN_FUNCTIONS, load, tbnative_dir, tbnative_stripped_dir)
+    FOREIGN_FUNCTIONS, SPIN_FUNCTIONS, load, tbnative_dir, tbnative_stripped_dir)
 from workerkit import ask, tmp  # noqa: F401 - tmp: a fixture
 
 pytestmark = needs_core
@@ -64,7 +65,7 @@ def stuck_line():
 
 def thread_block(dump, name):
     """The lines of thread `name`, from its heading to its blank line."""
-    start = dump.index('(name "%s"' % name)
+    start = dump.index('name "%s"' % name)
     start = dump.rfind("\n", 0, start) + 1
     end = dump.find("\n\n", start)
     return dump[start:end if end >= 0 else len(dump)]
@@ -184,3 +185,49 @@ def test_the_api_dump_shows_this_threads_c_frames_in_place_of_the_interpreters()
     assert re.search(r"  \[C\] \S*PyObject_Vectorcall\S*|  \[C\] \S*(Py|py)\S+", block)
     assert "_PyEval_EvalFrameDefault" not in block
     assert "in test_the_api_dump_shows" in block
+
+
+def test_every_thread_asked_for_adds_the_threads_python_never_knew(tbnative_dir):  # noqa: F811
+    tbnative = load(tbnative_dir)
+    tbnative.start_foreign(1.0)
+    time.sleep(0.05)  # in its sleep
+    try:
+        text = tbfast.format_traceback(native="all")
+        document = json.loads(tbfast.format_traceback(native="all", format="json"))
+        busy_only = tbfast.format_traceback(native=True)  # a sleeping thread is not asked
+    finally:
+        tbnative.join()
+    block = thread_block(text, "tbn-foreign")
+    assert block.startswith("Thread of no Python (native id ")
+    names = [line.split("+")[0] for line in C_LINE.findall(block)]
+    assert [name for name in names if name.startswith("tbnative_")] == list(FOREIGN_FUNCTIONS[::-1])
+    (foreign,) = [thread for thread in document["threads"] if thread["name"] == "tbn-foreign"]
+    assert foreign["python"] is False and foreign["frames"] == []
+    assert any(frame.startswith("tbnative_foreign_sleep+0x") for frame in foreign["native"])
+    assert not any(line.startswith("Thread of no Python") for line in busy_only.splitlines())
+
+
+def test_harakiri_dumps_show_the_stuck_threads_c_functions(tbnative_dir, tmp):  # noqa: F811
+    program = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        import tbnative, tbfast, tbfast.watchdog
+        tbfast.watchdog.configure(file=sys.stdout, log=False, native=True)
+        with tbfast.harakiri(0.2):
+            tbnative.spin(1.0)
+    """)
+    result = subprocess.run([sys.executable, "-c", program, tbnative_dir], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    block = main_thread_block(result.stdout)
+    assert "stuck for" in block.splitlines()[0]
+    names = [line.split("+")[0] for line in C_LINE.findall(block)]
+    assert [name for name in names if name in SPIN_FUNCTIONS] == list(reversed(SPIN_FUNCTIONS))
+
+
+def test_connect_and_read_native(spinning, tbnative_dir):  # noqa: F811
+    process, path = spinning(tbnative_dir)
+    result = subprocess.run([sys.executable, "-m", "tbfast", "connect-and-read", "--native", path],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert all("  [C] %s+0x" % name in result.stdout for name in SPIN_FUNCTIONS)
