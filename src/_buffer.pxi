@@ -24,6 +24,7 @@ cdef enum:
     HEADER_RESERVE = 256         # the header goes in front of the body once it is known
     OUTPUT_PREFETCH = 4096       # how far ahead of the writing the buffer is loaded
     NATIVE_DEPTH = 64            # C frames kept of one thread (_native.pxi)
+    PYTHON_TIDS = 4096           # kernel ids of the Python threads a dump walked (_native.pxi)
 
 cdef struct FrameCacheEntry:
     unsigned int generation
@@ -71,6 +72,8 @@ cdef struct Dumper:
     void **native                # a thread's C return addresses, innermost first (_native.pxi)
     int native_count             # in d.native for the thread being dumped; < 0: none
     int native_next              # the next of them to show
+    unsigned long *python_tids   # the kernel ids of the Python threads walked, for
+    Py_ssize_t python_tid_count  # the threads Python never knew (dump_foreign_threads)
     char *path
     char *string
     long dropped_frames
@@ -97,7 +100,7 @@ cdef Py_ssize_t dumper_size(Py_ssize_t buffer_size) noexcept nogil:
     return (buffer_size + TAIL_RESERVE + FRAME_CACHE_SIZE * sizeof(FrameCacheEntry) + ARENA_SIZE
             + SCRATCH_SIZE + SOURCE_CACHE_SIZE * sizeof(SourceEntry) + SOURCE_ARENA_SIZE
             + MAX_RECORDED_FRAMES * sizeof(RecordedFrame) + PATH_BYTES + STRING_BYTES
-            + NATIVE_DEPTH * sizeof(void *))
+            + NATIVE_DEPTH * sizeof(void *) + PYTHON_TIDS * sizeof(unsigned long))
 
 
 cdef int dumper_allocate(Dumper *d, Py_ssize_t buffer_size) noexcept nogil:
@@ -129,6 +132,8 @@ cdef int dumper_allocate(Dumper *d, Py_ssize_t buffer_size) noexcept nogil:
     d.string = memory
     memory += STRING_BYTES
     d.native = <void **>memory
+    memory += NATIVE_DEPTH * sizeof(void *)
+    d.python_tids = <unsigned long *>memory
     return 0
 
 

@@ -49,6 +49,7 @@ cdef struct Modules:
 cdef NativeRequest native_requests[DUMPER_COUNT]
 cdef Modules modules
 cdef int native_signal = 0       # 0 until native_setup()
+cdef int native_default = NATIVE_NONE  # what a dump asks for unless told (tests: TBFAST_TEST_NATIVE)
 cdef size_t eval_start = 0, eval_end = 0   # _PyEval_EvalFrameDefault's code
 cdef size_t tbcore_start = 0, tbcore_end = 0  # this module's: the dump's own C frames
 
@@ -250,22 +251,36 @@ cdef enum:
     NATIVE_NO_ANSWER = -1
 
 
-cdef bint thread_on_cpu(long tid) noexcept nogil:
-    # Signal safe: the kernel's state of the thread is R (running or runnable).
+cdef long sleeping_syscall(long tid) noexcept nogil:
+    """Signal safe: the system call thread `tid` is blocked in, from
+    /proc/self/task/TID/syscall; -1 when it runs (or the file says nothing)."""
     cdef char path[64]
-    cdef char text[512]
-    cdef Py_ssize_t n
+    cdef char text[32]
+    cdef Py_ssize_t n, i
+    cdef long number = 0
     memcpy(path, b"/proc/self/task/", 16)
     n = 16 + format_unsigned(path + 16, <unsigned long long>tid)
-    memcpy(path + n, b"/stat\0", 6)
+    memcpy(path + n, b"/syscall\0", 9)
     cdef int fd = os_open(path, O_RDONLY | O_CLOEXEC)
     if fd < 0:
-        return False
+        return -1
     n = read(fd, text, sizeof(text))
     close(fd)
-    while n > 2 and text[n - 1] != b')':  # after the name, which may hold ") "
-        n -= 1
-    return n > 2 and text[n] == b' ' and text[n + 1] == b'R'
+    if n <= 0 or not (b'0' <= text[0] <= b'9'):
+        return -1  # "running", or no file
+    for i in range(n):
+        if not (b'0' <= text[i] <= b'9'):
+            break
+        number = number * 10 + (text[i] - 48)
+    return number
+
+
+cdef bint cut_short_by_a_handler(long number) noexcept nogil:
+    # Signal safe: the x86_64 calls that a signal handler ends with EINTR whatever
+    # SA_RESTART says (signal(7)): sleeps and multiplexed waits.
+    return number in (7, 23, 34, 35, 128, 130, 230, 232, 270, 271, 281, 441)
+    # poll, select, pause, nanosleep, rt_sigtimedwait, rt_sigsuspend, clock_nanosleep,
+    # epoll_wait, pselect6, ppoll, epoll_pwait, epoll_pwait2
 
 
 cdef void native_begin(Dumper *d, PyThreadState *tstate, DumpRequest *request, bint holds_gil,
@@ -273,11 +288,21 @@ cdef void native_begin(Dumper *d, PyThreadState *tstate, DumpRequest *request, b
     """Signal safe: the thread's C stack into d.native when the request wants it, and
     d.native_count and d.native_next set for native_until_python and native_rest."""
     cdef long tid = <long>tb_thread_native_id(tstate)
+    cdef long sleeping
     d.native_count = NATIVE_NOT_ASKED
     d.native_next = 0
     if request.native == NATIVE_NONE or native_signal == 0:
         return
-    if request.native == NATIVE_BUSY and not (holds_gil or current or thread_on_cpu(tid)):
+    sleeping = -1 if current else sleeping_syscall(tid)
+    if request.native == NATIVE_BUSY and not (holds_gil or current or sleeping < 0):
+        return  # idle: asleep, and without the GIL
+    if request.native == NATIVE_BUSY and cut_short_by_a_handler(sleeping):
+        # Asking would end its sleep early (EINTR): C code that does not retry would
+        # see it.  native="all" asks all the same.
+        if d.format == FORMAT_TEXT:
+            emit_str(d, b"  [C] <asleep in system call ")
+            emit_decimal(d, sleeping)
+            emit_str(d, b", which a signal would cut short: not asked>\n")
         return
     d.native_count = native_stack(d, tid)
     if d.native_count >= 0:
@@ -341,16 +366,12 @@ cdef void emit_native_line(Dumper *d, void *address, bint symbolize) noexcept no
 
 # ---------------------------------------------------------------- threads Python never knew
 
-cdef bint is_python_thread(Dumper *d, DumpRequest *request, long tid) noexcept nogil:
-    # Signal safe: whether a thread state of the interpreter runs on kernel thread `tid`.
-    cdef StepJob step
-    cdef long walked = 0
-    step.tstate = tb_first_thread(request.interp)
-    while step.tstate != NULL and walked < MAX_THREADS_WALKED and guarded_step(d, &step):
-        if <long>step.native_id == tid:
+cdef bint is_python_thread(Dumper *d, long tid) noexcept nogil:
+    # Signal safe: whether the walk met a thread state on kernel thread `tid`.
+    cdef Py_ssize_t i
+    for i in range(d.python_tid_count):
+        if <long>d.python_tids[i] == tid:
             return True
-        step.tstate = step.following
-        walked += 1
     return False
 
 
@@ -388,7 +409,7 @@ cdef void dump_foreign_threads(Dumper *d, DumpRequest *request) noexcept nogil:
         while offset < got:
             tid = decimal_name(entries + offset + 19)  # struct linux_dirent64's d_name
             offset += (<unsigned short *>(entries + offset + 16))[0]
-            if tid <= 0 or is_python_thread(d, request, tid):
+            if tid <= 0 or is_python_thread(d, tid):
                 continue
             name_length = kernel_name(tid, name)
             if name_length >= 7 and memcmp(name, b"tbfast-", 7) == 0:

@@ -171,8 +171,8 @@ cdef void serve_client(int client) noexcept nogil:
         return
     request_init(&request, server.interp, b"socket", 0, False)  # this thread runs no Python
     request.locals = options & OPTION_LOCALS
-    request.native = (NATIVE_ALL if options & OPTION_NATIVE_ALL else
-                      NATIVE_BUSY if options & OPTION_NATIVE else NATIVE_NONE)
+    if options & (OPTION_NATIVE | OPTION_NATIVE_ALL):
+        request.native = NATIVE_ALL if options & OPTION_NATIVE_ALL else NATIVE_BUSY
     request.symbolize = True  # a thread of its own, in no handler
     # A native dump is GIL-free: C stacks are what a stuck worker's dump is for.
     if not options & (OPTION_GIL_FREE | OPTION_NATIVE | OPTION_NATIVE_ALL) and handover.wait_ms > 0:

@@ -27,7 +27,8 @@ cdef void on_signal(int signum, siginfo_t *info, void *context) noexcept nogil:
     request_init(&request, signal_interp, slot.trigger, tb_thread_self(), False)
     request.all_threads = slot.all_threads
     request.max_threads = slot.max_threads
-    request.native = slot.native  # symbolize stays False: no dladdr1 in a handler
+    if slot.native != NATIVE_NONE:
+        request.native = slot.native  # symbolize stays False: no dladdr1 in a handler
     if slot.log:
         hand_to_python(&request, slot.format, &slot.sink, request.current_ident, 0, KIND_SIGNAL)
     else:

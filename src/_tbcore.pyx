@@ -95,7 +95,7 @@ cdef Dumper *dump_with_gil(bint all_threads, str fmt, int skip, str trigger,
     request.max_threads = max_threads
     if native != NATIVE_NONE:
         native_setup()
-    request.native = native
+        request.native = native
     request.symbolize = True  # the caller's thread, outside any handler
     dumper_start(d, format)
     dump(d, &request)
@@ -304,6 +304,9 @@ cdef check_constants():
 
 
 check_constants()
+if os.environ.get("TBFAST_TEST_NATIVE"):  # tests only: C frames in every dump, to show none breaks
+    native_setup()
+    native_default = NATIVE[os.environ["TBFAST_TEST_NATIVE"]]
 
 
 cdef long long seconds_to_ns(seconds, str what, bint zero_ok=False) except -1:

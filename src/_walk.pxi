@@ -49,7 +49,7 @@ cdef void request_init(DumpRequest *request, PyInterpreterState *interp, const c
     request.excluded_ident = handover.thread_ident  # tbfast's own Python thread, or 0
     request.preamble = b""
     request.max_threads = 0
-    request.native = NATIVE_NONE
+    request.native = native_default
     request.symbolize = False
 
 
@@ -96,8 +96,12 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
     step.tstate = tb_first_thread(request.interp)
     prefetch_thread_top(d, step.tstate)
     walked = 0
+    d.python_tid_count = 0
     while step.tstate != NULL and walked < MAX_THREADS_WALKED and guarded_step(d, &step):
         prefetch_thread_top(d, step.following)
+        if d.python_tid_count < PYTHON_TIDS:
+            d.python_tids[d.python_tid_count] = step.native_id
+            d.python_tid_count += 1
         if step.tstate != main and wanted(step.ident, request):
             threads += guarded_dump_thread(d, step.tstate, request, holder)
         step.tstate = step.following

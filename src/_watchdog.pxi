@@ -63,7 +63,8 @@ cdef void dump_expired(ThreadSlot *slot, long long stuck_ns) noexcept nogil:
     and the logger."""
     cdef DumpRequest request
     request_init(&request, watchdog.interp, b"harakiri", 0, False)
-    request.native = watchdog.native
+    if watchdog.native != NATIVE_NONE:
+        request.native = watchdog.native
     request.symbolize = True  # its own thread, in no handler
     request.stuck_ident = slot.ident
     request.stuck_ns = stuck_ns

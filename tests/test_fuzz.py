@@ -18,7 +18,7 @@ import tbfast
 from stress_worker import Malformed, check, figures, format_of
 from workerkit import read_until_closed
 
-BAD_REQUEST = b"tbfast: bad request: expected [text|uwsgi|json|faulthandler] [locals] [gil-free]\n"  # as a client reads it
+BAD_REQUEST = b"tbfast: bad request: expected [text|uwsgi|json|faulthandler] [locals] [gil-free] [native] [native-all]\n"  # as a client reads it
 REQUEST_MAX = 64
 SPACES = b" \t\n\r\f\v"  # what the server strips around a request
 # scripts/soak (TBFAST_SOAK=N dumps for the stress test) scales the examples with it.

@@ -429,7 +429,7 @@ def test_each_format_shows_the_true_line(spawn, tmp, server, script):
 def test_bad_requests_get_one_line(spawn, tmp, server, request_line):
     worker = spawn({"basename": tmp + "/tb."}, server)
     assert ask(worker.path, request_line) == (
-        b"tbfast: bad request: expected [text|uwsgi|json|faulthandler] [locals] [gil-free]\n")
+        b"tbfast: bad request: expected [text|uwsgi|json|faulthandler] [locals] [gil-free] [native] [native-all]\n")
     # ... and the worker serves the next client as before.
     assert json.loads(ask(worker.path, b"json\n"))["pid"] == worker.pid
 
