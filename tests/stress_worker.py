@@ -52,7 +52,8 @@ UNKNOWN_THREAD_HEADING = rb'Thread 0x[0-9a-f]{16} \(most recent call first\):\n'
 THREAD_BODY = (rb'(?:  Context: [^\n]*\n)?'
                rb'(?:  File "[^\n]*", line -?\d+ in [^\n]*\n(?:    [^\n]*\n)?(?:      [^\n]*\n)*'
                rb'|  \[Previous line repeated \d+ more times?\]\n'
-               rb'|  <unreadable frame>\n)*\n')
+               rb'|  <unreadable frame>\n'
+               rb'|  \[C\] [^\n]*\n)*\n')  # C frames: with native frames asked for
 TEXT_THREAD = re.compile(THREAD_HEADING + THREAD_BODY)
 FALLBACK_TEXT_THREAD = re.compile(rb'(?:' + THREAD_HEADING + rb'|' + UNKNOWN_THREAD_HEADING + rb')'
                                   + THREAD_BODY)
