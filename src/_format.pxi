@@ -254,13 +254,16 @@ cdef void emit_thread_header(Dumper *d, PyThreadState *tstate, bint current, bin
     """Signal safe: the text format's thread line, and its context line."""
     cdef unsigned long ident = tb_thread_ident(tstate), native_id = tb_thread_native_id(tstate)
     cdef Py_ssize_t name = slot_copy(ident, False, d.string)
+    cdef bint kernel = name < 0
+    if kernel:  # a thread threading never named: the kernel's name, marked as such
+        name = read_kernel_name(native_id, d.string)
     emit_str(d, b"Current thread " if current else b"Thread ")
     emit_hex16(d, ident)
     emit_str(d, b" (")
     if name >= 0:
         emit_str(d, b'name "')
         emit_printable(d, d.string, name)
-        emit_str(d, b'", ')
+        emit_str(d, b'" (kernel), ' if kernel else b'", ')
     emit_str(d, b"native id ")
     emit_decimal(d, native_id)
     if holds_gil:
@@ -287,6 +290,14 @@ cdef void emit_thread_json(Dumper *d, PyThreadState *tstate, bint current, bint 
     emit_decimal(d, native_id)
     emit_str(d, b',"name":')
     emit_thread_name(d, tstate, True)
+    emit_str(d, b',"kernel_name":')
+    cdef Py_ssize_t kernel_name = -1
+    if slot_copy(ident, False, d.string) < 0:  # only for a thread threading never named
+        kernel_name = read_kernel_name(native_id, d.string)
+    if kernel_name < 0:
+        emit_str(d, b"null")
+    else:
+        emit_json_string(d, d.string, kernel_name)
     emit_str(d, b',"current":true' if current else b',"current":false')
     emit_str(d, b',"holds_gil":true' if holds_gil else b',"holds_gil":false')
     emit_str(d, b',"context":')
@@ -313,6 +324,17 @@ cdef void emit_unreadable(Dumper *d, PyThreadState *tstate, Py_ssize_t index) no
         if index:
             emit_str(d, b",")
         emit_str(d, b'{"file":"<unreadable frame>","line":0,"function":null,"source":null}')
+
+
+cdef void emit_no_frame(Dumper *d, const char *thread_id, Py_ssize_t thread_id_length) noexcept nogil:
+    """Signal safe: what a thread with no Python frame shows in place of its frames:
+    faulthandler's `<no Python frame>`; in uwsgi, a frame line of that file name (as
+    `<unreadable frame>`), so uWSGI's parsers read it as one; in json, no frame."""
+    if d.format == FORMAT_TEXT:
+        emit_str(d, b"  <no Python frame>\n")
+    elif d.format == FORMAT_UWSGI:
+        emit(d, thread_id, thread_id_length)
+        emit_str(d, b" filename = <no Python frame> lineno = 0 function = ? line = \n")
 
 
 cdef long emit_unreadable_frame(Dumper *d, PyThreadState *tstate, Py_ssize_t index) noexcept nogil:
@@ -344,6 +366,7 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
         d.dropped_threads += 1
         d.dropped_frames += total
         return
+    prefix.length = 0
     if d.format == FORMAT_UWSGI:
         # Every uwsgi line starts with the thread's name, escaped: once per thread.
         prefix.buf = thread_id
@@ -366,6 +389,11 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
         return
     if d.walk_faulted and d.format == FORMAT_UWSGI:  # uWSGI's order: the outermost first
         shown += emit_unreadable_frame(d, tstate, 0)
+    if total == 0:
+        mark = d.length
+        emit_no_frame(d, thread_id, prefix.length)
+        if d.full:
+            d.length = mark
     for i in range(recorded):
         # uWSGI prints the oldest frame first; the others the innermost first.
         entry = frame_entry(d, d.frames[recorded - 1 - i if d.format == FORMAT_UWSGI else i].code,

@@ -14,6 +14,7 @@ include "_decl.pxi"       # every C declaration; the atomics
 include "_buffer.pxi"     # the dumpers and appending to them
 include "_threads.pxi"    # thread names, contexts and harakiri deadlines, by ident
 include "_guard.pxi"      # the SIGSEGV/SIGBUS guard the walk runs under
+include "_states.pxi"     # stage 1: what the kernel says of each thread
 include "_walk.pxi"       # stage 1: threads -> frames
 include "_source.pxi"     # stage 2: source lines
 include "_format.pxi"     # stage 3: text, uwsgi, json

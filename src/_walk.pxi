@@ -200,8 +200,9 @@ cdef bint guarded_dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *req
                               PyThreadState *holder) noexcept nogil:
     """Signal safe: one thread in two guarded steps.  A fault while walking keeps the
     frames read before it and ends the thread with `<unreadable frame>`; a fault while
-    formatting replaces the frame being written by it.  False for a thread with no
-    frame to show (as sys._current_frames() leaves it out) or none readable."""
+    formatting replaces the frame being written by it.  A thread with no Python frame
+    (a C thread that took the GIL) is shown too, as faulthandler shows it, unlike
+    sys._current_frames().  False for a thread that faulted before its first frame."""
     cdef ThreadJob job
     job.d = d
     job.tstate = tstate
@@ -210,8 +211,6 @@ cdef bint guarded_dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *req
     d.walk_faulted = tb_guarded_call(d - dumpers, record_job, &job) != 0
     if d.walk_faulted:
         d.visible = d.recorded + 1  # the frames read, and the one that could not be
-    if d.visible == 0:
-        return False
     d.thread_mark = d.length
     d.frame_mark = -1
     if tb_guarded_call(d - dumpers, dump_thread_job, &job) == 0:

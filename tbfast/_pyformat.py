@@ -253,7 +253,7 @@ def _format_json_threads(threads):
     for thread in threads:
         frames = b",".join(_format_json_frame(frame) for frame in thread.frames)
         items.append(
-            b'{"ident":%d,"native_id":%s,"name":%s,"current":%s,"holds_gil":%s,'
+            b'{"ident":%d,"native_id":%s,"name":%s,"kernel_name":null,"current":%s,"holds_gil":%s,'
             b'"context":%s,"frames":[%s]}' % (
                 thread.ident,
                 b"null" if thread.native_id is None else b"%d" % thread.native_id,

@@ -44,7 +44,7 @@ def figures(name, **values):
 
 # ---------------------------------------------------------------- the parsers
 
-THREAD_HEADING = (rb'(?:Current thread|Thread) 0x[0-9a-f]{16} \((?:name "[^\n]*", )?native id -?\d+'
+THREAD_HEADING = (rb'(?:Current thread|Thread) 0x[0-9a-f]{16} \((?:name "[^\n]*"(?: \(kernel\))?, )?native id -?\d+'
                   rb'(?:, holds the GIL)?(?:, stuck for \d+\.\d{3} s)?\) \(most recent call first\):\n')
 # The fallback knows a thread's name and native id only from threading, which does
 # not know a thread that is still starting or already ending: then neither is shown.
@@ -52,7 +52,8 @@ UNKNOWN_THREAD_HEADING = rb'Thread 0x[0-9a-f]{16} \(most recent call first\):\n'
 THREAD_BODY = (rb'(?:  Context: [^\n]*\n)?'
                rb'(?:  File "[^\n]*", line -?\d+ in [^\n]*\n(?:    [^\n]*\n)?(?:      [^\n]*\n)*'
                rb'|  \[Previous line repeated \d+ more times?\]\n'
-               rb'|  <unreadable frame>\n)*\n')
+               rb'|  <unreadable frame>\n)*'
+               rb'(?:  <no Python frame>\n)?\n')  # a thread with no Python frame (a C thread)
 TEXT_THREAD = re.compile(THREAD_HEADING + THREAD_BODY)
 FALLBACK_TEXT_THREAD = re.compile(rb'(?:' + THREAD_HEADING + rb'|' + UNKNOWN_THREAD_HEADING + rb')'
                                   + THREAD_BODY)

@@ -106,7 +106,8 @@ def test_json_schema():
     assert set(document) == {"tbfast", "pid", "time", "trigger", "mode", "threads", "truncated"}
     assert document["truncated"] is None
     for thread in document["threads"]:
-        assert set(thread) == {"ident", "native_id", "name", "current", "holds_gil", "context", "frames"}
+        assert set(thread) == {"ident", "native_id", "name", "kernel_name", "current", "holds_gil", "context",
+                               "frames"}
         for frame in thread["frames"]:
             assert set(frame) == {"file", "line", "function", "source"}
 
