@@ -249,6 +249,58 @@ cdef void emit_seconds(Dumper *d, long long nanoseconds) noexcept nogil:
     emit(d, digits, 3)
 
 
+cdef void emit_syscall_name(Dumper *d, long number) noexcept nogil:
+    # Signal safe: "futex", or "syscall 435" for a call the table does not name.
+    cdef const char *name = syscall_name(number)
+    if name != NULL:
+        emit_str(d, name)
+    else:
+        emit_str(d, b"syscall ")
+        emit_decimal(d, number)
+
+
+cdef void emit_state_words(Dumper *d, ThreadStatus *status) noexcept nogil:
+    """Signal safe: a text heading's state: ", holds the GIL" or ", waiting for the
+    GIL", ", in GC", ", idle", then what the kernel said: ", running", ", sleeping
+    in futex" (", sleeping" outside a system call); nothing for what is unknown."""
+    if status.holds_gil:
+        emit_str(d, b", holds the GIL")
+    elif status.waiting_gil:
+        emit_str(d, b", waiting for the GIL")
+    if status.in_gc:
+        emit_str(d, b", in GC")
+    if status.state == STATE_IDLE:
+        emit_str(d, b", idle")
+    if status.kernel == STATE_RUNNING:
+        emit_str(d, b", running")
+    elif status.kernel == STATE_SLEEPING:
+        emit_str(d, b", sleeping")
+        if status.syscall >= 0:
+            emit_str(d, b" in ")
+            emit_syscall_name(d, status.syscall)
+
+
+cdef void emit_state_json(Dumper *d, ThreadStatus *status) noexcept nogil:
+    """Signal safe: a JSON thread's state keys: "state", "syscall", "waiting_gil",
+    "in_gc" (holds_gil is written apart, where it always was)."""
+    emit_str(d, b',"state":')
+    if STATE_NAMES[status.state] == NULL:
+        emit_str(d, b"null")
+    else:
+        emit_str(d, b'"')
+        emit_str(d, STATE_NAMES[status.state])
+        emit_str(d, b'"')
+    emit_str(d, b',"syscall":')
+    if status.kernel == STATE_SLEEPING and status.syscall >= 0:
+        emit_str(d, b'"')
+        emit_syscall_name(d, status.syscall)
+        emit_str(d, b'"')
+    else:
+        emit_str(d, b"null")
+    emit_str(d, b',"waiting_gil":true' if status.waiting_gil else b',"waiting_gil":false')
+    emit_str(d, b',"in_gc":true' if status.in_gc else b',"in_gc":false')
+
+
 cdef void emit_thread_header(Dumper *d, PyThreadState *tstate, bint current, bint holds_gil,
                              long long stuck_ns) noexcept nogil:
     """Signal safe: the text format's thread line, and its context line."""
@@ -266,8 +318,7 @@ cdef void emit_thread_header(Dumper *d, PyThreadState *tstate, bint current, bin
         emit_str(d, b'" (kernel), ' if kernel else b'", ')
     emit_str(d, b"native id ")
     emit_decimal(d, native_id)
-    if holds_gil:
-        emit_str(d, b", holds the GIL")
+    emit_state_words(d, thread_status(d))
     if stuck_ns:
         emit_str(d, b", stuck for ")
         emit_seconds(d, stuck_ns)
@@ -300,6 +351,7 @@ cdef void emit_thread_json(Dumper *d, PyThreadState *tstate, bint current, bint 
         emit_json_string(d, d.string, kernel_name)
     emit_str(d, b',"current":true' if current else b',"current":false')
     emit_str(d, b',"holds_gil":true' if holds_gil else b',"holds_gil":false')
+    emit_state_json(d, thread_status(d))
     emit_str(d, b',"context":')
     cdef Py_ssize_t context = slot_copy(ident, True, d.string)
     if context < 0:
@@ -483,6 +535,18 @@ cdef void emit_timestamp(Dumper *d, timespec now) noexcept nogil:
     emit(d, text, n)
 
 
+cdef void emit_state_counts(Dumper *header, DumpStates *states, bint json) noexcept nogil:
+    """Signal safe: the threads in each state, the header's ` running=1 sleeping=2
+    idle=60 waiting_gil=1` (json: `,"running":1,...`); each thread counts once, a
+    thread whose state is unknown nowhere."""
+    cdef int kind
+    for kind in range(STATE_RUNNING, STATE_KINDS):
+        emit_str(header, b',"' if json else b" ")
+        emit_str(header, STATE_NAMES[kind])
+        emit_str(header, b'":' if json else b"=")
+        emit_decimal(header, states.counts[kind])
+
+
 cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec started,
                       unsigned long holder_ident) noexcept nogil:
     """Signal safe: formats the header apart, then puts it right in front of the body.
@@ -505,6 +569,7 @@ cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec st
         emit_str(&header, request.trigger)
         emit_str(&header, b" mode=gil threads=" if request.gil_held else b" mode=gil-free threads=")
         emit_decimal(&header, threads)
+        emit_state_counts(&header, &dump_states[d - dumpers], False)
         if request.gil_wait_ms >= 0:
             emit_str(&header, b" gil_wait_ms=")
             emit_decimal(&header, request.gil_wait_ms)
@@ -522,6 +587,7 @@ cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec st
         emit_str(&header, b'","trigger":"')
         emit_str(&header, request.trigger)
         emit_str(&header, b'","mode":"gil"' if request.gil_held else b'","mode":"gil-free"')
+        emit_state_counts(&header, &dump_states[d - dumpers], True)
         if request.gil_wait_ms >= 0:
             emit_str(&header, b',"gil_wait_ms":')
             emit_decimal(&header, request.gil_wait_ms)

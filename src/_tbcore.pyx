@@ -55,6 +55,16 @@ source_limit = _limits.SOURCE_LIMIT
 name_limit = _limits.NAME_LIMIT
 context_limit = _limits.CONTEXT_LIMIT
 recursive_cutoff = _limits.RECURSIVE_CUTOFF
+_IDLE_WAITS = _limits.IDLE_WAITS  # kept alive here: the walk compares their addresses
+for _wait in _IDLE_WAITS[:4]:
+    idle_waits[idle_wait_count] = <PyCodeObject *><PyObject *>_wait
+    idle_wait_count += 1
+if _limits.SYSCALL_TABLE != SYSCALL_TABLE:
+    raise ImportError("tbfast._limits.SYSCALL_TABLE differs from the core's")
+_SYSCALL_NAMES = {number: name.encode() for number, name in _limits.SYSCALL_NAMES.items()
+                  if 0 <= number < SYSCALL_TABLE}  # kept alive: the table points into them
+for _number, _name in _SYSCALL_NAMES.items():
+    syscall_names[_number] = _name
 if max(filename_limit, function_limit, source_limit, name_limit, context_limit) + 3 > SLOT_TEXT:
     raise ImportError("tbfast._limits exceeds the core's SLOT_TEXT")
 if (_limits.MAX_LOCALS, _limits.LOCAL_VALUE_LIMIT, _limits.LOCAL_NAME_LIMIT) != (

@@ -65,6 +65,7 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
         return
     clock_gettime(CLOCK_REALTIME, &started)
     d.locals = request.locals and d.format != FORMAT_UWSGI
+    states_start(d, request.interp)
     tb_fault_guard_ensure()
     # The main thread goes first, so a full buffer never drops it; finding it
     # reads only each thread state's ident.  Main's is the last state with its
@@ -98,6 +99,7 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
             threads += guarded_dump_thread(d, step.tstate, request, holder)
         step.tstate = step.following
         walked += 1
+    states_end(d)
     emit_end(d)
     emit_header(d, request, threads, started, holder_ident)
 
@@ -188,6 +190,8 @@ cdef void record_job(void *argument) noexcept nogil:
     cdef bint current = request.current_ident != 0 and \
         tb_thread_ident(job.tstate) == request.current_ident
     record_frames(job.d, job.tstate, request.skip if current else 0)
+    read_status(job.d, job.tstate, job.tstate == job.holder,
+                job.d.frames[0].code if job.d.recorded > 0 else NULL)
 
 
 cdef void dump_thread_job(void *argument) noexcept nogil:
@@ -208,16 +212,19 @@ cdef bint guarded_dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *req
     job.tstate = tstate
     job.request = request
     job.holder = holder
+    status_unknown(d, tstate == holder)
     d.walk_faulted = tb_guarded_call(d - dumpers, record_job, &job) != 0
     if d.walk_faulted:
         d.visible = d.recorded + 1  # the frames read, and the one that could not be
     d.thread_mark = d.length
     d.frame_mark = -1
     if tb_guarded_call(d - dumpers, dump_thread_job, &job) == 0:
+        count_state(d)
         return True
     if d.frame_mark < 0:  # the fault came before the first frame: leave the thread out
         d.length = d.thread_mark
         return False
+    count_state(d)
     d.length = d.frame_mark
     emit_unreadable(d, tstate, d.frame_index)
     d.threads_written += 1
