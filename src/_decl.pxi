@@ -9,9 +9,9 @@
 # tbfast/_tbcore.pxd, not beside src/_tbcore.pyx; an include is plain text, read in
 # the order _tbcore.pyx lists it, as every other part of the core is.
 #
-# The two inline C blocks that are implementations rather than declarations stay
-# with the code they serve: the fault guard (_guard.pxi) and how a write waits for
-# its reader (_deliver.pxi).
+# The inline C blocks that are implementations rather than declarations stay with
+# the code they serve: the fault guard (_guard.pxi), how a write waits for its
+# reader (_deliver.pxi) and gettid (_states.pxi).
 
 cimport cython
 from cpython.ref cimport PyObject
