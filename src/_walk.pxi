@@ -97,6 +97,8 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
         prefetch_thread_top(d, step.following)
         if step.tstate != main and wanted(step.ident, request):
             threads += guarded_dump_thread(d, step.tstate, request, holder)
+        if step.following == step.tstate:  # a freed state, its memory reused: a stale link
+            break
         step.tstate = step.following
         walked += 1
     states_end(d)
@@ -206,7 +208,8 @@ cdef bint guarded_dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *req
     frames read before it and ends the thread with `<unreadable frame>`; a fault while
     formatting replaces the frame being written by it.  A thread with no Python frame
     (a C thread that took the GIL) is shown too, as faulthandler shows it, unlike
-    sys._current_frames().  False for a thread that faulted before its first frame."""
+    sys._current_frames(), if it is bound to a thread.  False for a thread left out,
+    or one that faulted before its first frame."""
     cdef ThreadJob job
     job.d = d
     job.tstate = tstate
@@ -216,6 +219,8 @@ cdef bint guarded_dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *req
     d.walk_faulted = tb_guarded_call(d - dumpers, record_job, &job) != 0
     if d.walk_faulted:
         d.visible = d.recorded + 1  # the frames read, and the one that could not be
+    if d.visible == 0 and (tb_thread_ident(tstate) == 0 or tb_thread_native_id(tstate) == 0):
+        return False  # a state bound to no thread (being made, or freed under the walk)
     d.thread_mark = d.length
     d.frame_mark = -1
     if tb_guarded_call(d - dumpers, dump_thread_job, &job) == 0:
