@@ -21,7 +21,7 @@ cdef enum:
     SOURCE_PROBES = 8            # entries a line may sit in, from its home on
     SOURCE_ARENA_SIZE = 256 * 1024
     TAIL_RESERVE = 512           # kept free for the truncation marker and JSON's closing
-    HEADER_RESERVE = 256         # the header goes in front of the body once it is known
+    HEADER_RESERVE = 384         # the header goes in front of the body once it is known
     OUTPUT_PREFETCH = 4096       # how far ahead of the writing the buffer is loaded
     NATIVE_DEPTH = 64            # C frames kept of one thread (_native.pxi)
     PYTHON_TIDS = 4096           # kernel ids of the Python threads a dump walked (_native.pxi)

@@ -9,9 +9,9 @@
 # tbfast/_tbcore.pxd, not beside src/_tbcore.pyx; an include is plain text, read in
 # the order _tbcore.pyx lists it, as every other part of the core is.
 #
-# The two inline C blocks that are implementations rather than declarations stay
-# with the code they serve: the fault guard (_guard.pxi) and how a write waits for
-# its reader (_deliver.pxi).
+# The inline C blocks that are implementations rather than declarations stay with
+# the code they serve: the fault guard (_guard.pxi), how a write waits for its
+# reader (_deliver.pxi) and gettid (_states.pxi).
 
 cimport cython
 from cpython.ref cimport PyObject
@@ -27,6 +27,7 @@ from posix.stat cimport stat, struct_stat as stat_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from posix.unistd cimport read, write, close, getpid
 from libc.stdlib cimport malloc
+from libc.stdint cimport uintptr_t
 
 
 # ---------------------------------------------------------------- libc and POSIX
@@ -36,6 +37,7 @@ cdef extern from "<errno.h>" nogil:
 
 cdef extern from "<fcntl.h>" nogil:
     int openat(int dirfd, const char *path, int flags, int mode)
+    enum: O_DIRECTORY
     int pipe2(int fds[2], int flags)
     enum: O_NONBLOCK, O_DIRECTORY
 
@@ -182,6 +184,9 @@ cdef extern from "tbcore_python.h" nogil:
     bint tb_frame_is_eval_shim(tb_frame *frame)
     int tb_frame_line(tb_frame *frame, PyCodeObject *code)
     PyThreadState *tb_gil_holder(PyInterpreterState *interp)
+    # thread states (_states.pxi)
+    void tb_gil_wait_range(PyInterpreterState *interp, uintptr_t *low, uintptr_t *high)
+    bint tb_thread_requests_gil(PyThreadState *tstate)
     const char *tb_layout_mismatch(const char *skewed, char *message, size_t size)
     # locals (_locals.pxi)
     int tb_code_local_count(PyCodeObject *code)
@@ -193,7 +198,7 @@ cdef extern from "tbcore_python.h" nogil:
     enum:
         TB_VALUE_OTHER, TB_VALUE_NONE, TB_VALUE_BOOL, TB_VALUE_INT, TB_VALUE_FLOAT, TB_VALUE_STR,
         TB_VALUE_BYTES
-    # faulthandler's format (_faulthandler.pxi)
+    # faulthandler's format (_faulthandler.pxi); tb_gc_collecting, thread states too
     int tb_gc_collecting(PyInterpreterState *interp)
     PyObject *tb_modules_dict(PyInterpreterState *interp)
     PyObject *tb_sys_dict(PyInterpreterState *interp)

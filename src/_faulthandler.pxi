@@ -11,7 +11,6 @@ cdef enum:
     FAULTHANDLER_STRING_LIMIT = 500  # code points, as MAX_STRING_LENGTH
     FAULTHANDLER_DEPTH_LIMIT = 100   # frames a thread shows, as MAX_FRAME_DEPTH
     C_STACK_DEPTH = 32               # as _Py_DumpStack's BACKTRACE_SIZE
-    COMM_BYTES = 64                  # a kernel thread name is at most 15
 
 
 cdef void emit_ascii(Dumper *d, PyObject *text) noexcept nogil:
@@ -106,19 +105,8 @@ cdef void emit_faulthandler_frames(Dumper *d, PyThreadState *tstate, int skip) n
 cdef void emit_kernel_thread_name(Dumper *d, unsigned long native_id) noexcept nogil:
     """Signal safe: " [name]" from /proc/self/task/TID/comm, which is what
     pthread_getname_np reads for faulthandler (3.14+); nothing when it has none."""
-    cdef char path[64]
     cdef char name[COMM_BYTES]
-    cdef Py_ssize_t length = 0, got
-    memcpy(path, b"/proc/self/task/", 16)
-    length = 16 + format_unsigned(path + 16, native_id)
-    memcpy(path + length, b"/comm\0", 6)
-    cdef int fd = os_open(path, O_RDONLY | O_CLOEXEC)
-    if fd < 0:
-        return
-    got = read(fd, name, COMM_BYTES)
-    close(fd)
-    if got > 0 and name[got - 1] == b'\n':
-        got -= 1
+    cdef Py_ssize_t got = read_kernel_name(native_id, name)
     if got > 0:
         emit_str(d, b" [")
         emit_printable(d, name, got)

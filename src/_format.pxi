@@ -249,22 +249,76 @@ cdef void emit_seconds(Dumper *d, long long nanoseconds) noexcept nogil:
     emit(d, digits, 3)
 
 
+cdef void emit_syscall_name(Dumper *d, long number) noexcept nogil:
+    # Signal safe: "futex", or "syscall 435" for a call the table does not name.
+    cdef const char *name = syscall_name(number)
+    if name != NULL:
+        emit_str(d, name)
+    else:
+        emit_str(d, b"syscall ")
+        emit_decimal(d, number)
+
+
+cdef void emit_state_words(Dumper *d, ThreadStatus *status) noexcept nogil:
+    """Signal safe: a text heading's state: ", holds the GIL" or ", waiting for the
+    GIL", ", in GC", ", idle", then what the kernel said: ", running", ", sleeping
+    in futex" (", sleeping" outside a system call); nothing for what is unknown."""
+    if status.holds_gil:
+        emit_str(d, b", holds the GIL")
+    elif status.waiting_gil:
+        emit_str(d, b", waiting for the GIL")
+    if status.in_gc:
+        emit_str(d, b", in GC")
+    if status.state == STATE_IDLE:
+        emit_str(d, b", idle")
+    if status.kernel == STATE_RUNNING:
+        emit_str(d, b", running")
+    elif status.kernel == STATE_SLEEPING:
+        emit_str(d, b", sleeping")
+        if status.syscall >= 0:
+            emit_str(d, b" in ")
+            emit_syscall_name(d, status.syscall)
+
+
+cdef void emit_state_json(Dumper *d, ThreadStatus *status) noexcept nogil:
+    """Signal safe: a JSON thread's state keys: "state", "syscall", "waiting_gil",
+    "in_gc" (holds_gil is written apart, where it always was)."""
+    emit_str(d, b',"state":')
+    if STATE_NAMES[status.state] == NULL:
+        emit_str(d, b"null")
+    else:
+        emit_str(d, b'"')
+        emit_str(d, STATE_NAMES[status.state])
+        emit_str(d, b'"')
+    emit_str(d, b',"syscall":')
+    if status.kernel == STATE_SLEEPING and status.syscall >= 0:
+        emit_str(d, b'"')
+        emit_syscall_name(d, status.syscall)
+        emit_str(d, b'"')
+    else:
+        emit_str(d, b"null")
+    emit_str(d, b',"waiting_gil":true' if status.waiting_gil else b',"waiting_gil":false')
+    emit_str(d, b',"in_gc":true' if status.in_gc else b',"in_gc":false')
+
+
 cdef void emit_thread_header(Dumper *d, PyThreadState *tstate, bint current, bint holds_gil,
                              long long stuck_ns) noexcept nogil:
     """Signal safe: the text format's thread line, and its context line."""
     cdef unsigned long ident = tb_thread_ident(tstate), native_id = tb_thread_native_id(tstate)
     cdef Py_ssize_t name = slot_copy(ident, False, d.string)
+    cdef bint kernel = name < 0
+    if kernel:  # a thread threading never named: the kernel's name, marked as such
+        name = read_kernel_name(native_id, d.string)
     emit_str(d, b"Current thread " if current else b"Thread ")
     emit_hex16(d, ident)
     emit_str(d, b" (")
     if name >= 0:
         emit_str(d, b'name "')
         emit_printable(d, d.string, name)
-        emit_str(d, b'", ')
+        emit_str(d, b'" (kernel), ' if kernel else b'", ')
     emit_str(d, b"native id ")
     emit_decimal(d, native_id)
-    if holds_gil:
-        emit_str(d, b", holds the GIL")
+    emit_state_words(d, thread_status(d))
     if stuck_ns:
         emit_str(d, b", stuck for ")
         emit_seconds(d, stuck_ns)
@@ -287,8 +341,17 @@ cdef void emit_thread_json(Dumper *d, PyThreadState *tstate, bint current, bint 
     emit_decimal(d, native_id)
     emit_str(d, b',"name":')
     emit_thread_name(d, tstate, True)
+    emit_str(d, b',"kernel_name":')
+    cdef Py_ssize_t kernel_name = -1
+    if slot_copy(ident, False, d.string) < 0:  # only for a thread threading never named
+        kernel_name = read_kernel_name(native_id, d.string)
+    if kernel_name < 0:
+        emit_str(d, b"null")
+    else:
+        emit_json_string(d, d.string, kernel_name)
     emit_str(d, b',"current":true' if current else b',"current":false')
     emit_str(d, b',"holds_gil":true' if holds_gil else b',"holds_gil":false')
+    emit_state_json(d, thread_status(d))
     emit_str(d, b',"context":')
     cdef Py_ssize_t context = slot_copy(ident, True, d.string)
     if context < 0:
@@ -313,6 +376,17 @@ cdef void emit_unreadable(Dumper *d, PyThreadState *tstate, Py_ssize_t index) no
         if index:
             emit_str(d, b",")
         emit_str(d, b'{"file":"<unreadable frame>","line":0,"function":null,"source":null}')
+
+
+cdef void emit_no_frame(Dumper *d, const char *thread_id, Py_ssize_t thread_id_length) noexcept nogil:
+    """Signal safe: what a thread with no Python frame shows in place of its frames:
+    faulthandler's `<no Python frame>`; in uwsgi, a frame line of that file name (as
+    `<unreadable frame>`), so uWSGI's parsers read it as one; in json, no frame."""
+    if d.format == FORMAT_TEXT:
+        emit_str(d, b"  <no Python frame>\n")
+    elif d.format == FORMAT_UWSGI:
+        emit(d, thread_id, thread_id_length)
+        emit_str(d, b" filename = <no Python frame> lineno = 0 function = ? line = \n")
 
 
 cdef long emit_unreadable_frame(Dumper *d, PyThreadState *tstate, Py_ssize_t index) noexcept nogil:
@@ -344,6 +418,7 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
         d.dropped_threads += 1
         d.dropped_frames += total
         return
+    prefix.length = 0
     if d.format == FORMAT_UWSGI:
         # Every uwsgi line starts with the thread's name, escaped: once per thread.
         prefix.buf = thread_id
@@ -368,6 +443,11 @@ cdef void dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *request,
         native_begin(d, tstate, request, tstate == holder, current)
     if d.walk_faulted and d.format == FORMAT_UWSGI:  # uWSGI's order: the outermost first
         shown += emit_unreadable_frame(d, tstate, 0)
+    if total == 0:
+        mark = d.length
+        emit_no_frame(d, thread_id, prefix.length)
+        if d.full:
+            d.length = mark
     for i in range(recorded):
         # uWSGI prints the oldest frame first; the others the innermost first.
         entry = frame_entry(d, d.frames[recorded - 1 - i if d.format == FORMAT_UWSGI else i].code,
@@ -461,6 +541,18 @@ cdef void emit_timestamp(Dumper *d, timespec now) noexcept nogil:
     emit(d, text, n)
 
 
+cdef void emit_state_counts(Dumper *header, DumpStates *states, bint json) noexcept nogil:
+    """Signal safe: the threads in each state, the header's ` running=1 sleeping=2
+    idle=60 waiting_gil=1` (json: `,"running":1,...`); each thread counts once, a
+    thread whose state is unknown nowhere."""
+    cdef int kind
+    for kind in range(STATE_RUNNING, STATE_KINDS):
+        emit_str(header, b',"' if json else b" ")
+        emit_str(header, STATE_NAMES[kind])
+        emit_str(header, b'":' if json else b"=")
+        emit_decimal(header, states.counts[kind])
+
+
 cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec started,
                       unsigned long holder_ident) noexcept nogil:
     """Signal safe: formats the header apart, then puts it right in front of the body.
@@ -483,6 +575,7 @@ cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec st
         emit_str(&header, request.trigger)
         emit_str(&header, b" mode=gil threads=" if request.gil_held else b" mode=gil-free threads=")
         emit_decimal(&header, threads)
+        emit_state_counts(&header, &dump_states[d - dumpers], False)
         if request.gil_wait_ms >= 0:
             emit_str(&header, b" gil_wait_ms=")
             emit_decimal(&header, request.gil_wait_ms)
@@ -500,6 +593,7 @@ cdef void emit_header(Dumper *d, DumpRequest *request, long threads, timespec st
         emit_str(&header, b'","trigger":"')
         emit_str(&header, request.trigger)
         emit_str(&header, b'","mode":"gil"' if request.gil_held else b'","mode":"gil-free"')
+        emit_state_counts(&header, &dump_states[d - dumpers], True)
         if request.gil_wait_ms >= 0:
             emit_str(&header, b',"gil_wait_ms":')
             emit_decimal(&header, request.gil_wait_ms)

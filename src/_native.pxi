@@ -251,59 +251,28 @@ cdef enum:
     NATIVE_NO_ANSWER = -1
 
 
-cdef long sleeping_syscall(long tid) noexcept nogil:
-    """Signal safe: the system call thread `tid` is blocked in, from
-    /proc/self/task/TID/syscall; -1 when it runs (or the file says nothing)."""
-    cdef char path[64]
-    cdef char text[32]
-    cdef Py_ssize_t n, i
-    cdef long number = 0
-    memcpy(path, b"/proc/self/task/", 16)
-    n = 16 + format_unsigned(path + 16, <unsigned long long>tid)
-    memcpy(path + n, b"/syscall\0", 9)
-    cdef int fd = os_open(path, O_RDONLY | O_CLOEXEC)
-    if fd < 0:
-        return -1
-    n = read(fd, text, sizeof(text))
-    close(fd)
-    if n <= 0 or not (b'0' <= text[0] <= b'9'):
-        return -1  # "running", or no file
-    for i in range(n):
-        if not (b'0' <= text[i] <= b'9'):
-            break
-        number = number * 10 + (text[i] - 48)
-    return number
-
-
-cdef bint cut_short_by_a_handler(long number) noexcept nogil:
-    # Signal safe: the x86_64 calls that a signal handler ends with EINTR whatever
-    # SA_RESTART says (signal(7)): sleeps and multiplexed waits.
-    return number in (7, 23, 34, 35, 128, 130, 230, 232, 270, 271, 281, 441)
-    # poll, select, pause, nanosleep, rt_sigtimedwait, rt_sigsuspend, clock_nanosleep,
-    # epoll_wait, pselect6, ppoll, epoll_pwait, epoll_pwait2
-
-
 cdef void native_begin(Dumper *d, PyThreadState *tstate, DumpRequest *request, bint holds_gil,
                        bint current) noexcept nogil:
     """Signal safe: the thread's C stack into d.native when the request wants it, and
     d.native_count and d.native_next set for native_until_python and native_rest."""
     cdef long tid = <long>tb_thread_native_id(tstate)
-    cdef long sleeping
+    cdef ThreadStatus *status = thread_status(d)  # read_status's, for this thread
     d.native_count = NATIVE_NOT_ASKED
     d.native_next = 0
-    if request.native == NATIVE_NONE or native_signal == 0:
+    if request.native == NATIVE_NONE or native_signal == 0 or tid <= 0:
         return
-    sleeping = -1 if current else sleeping_syscall(tid)
-    if request.native == NATIVE_BUSY and not (holds_gil or current or sleeping < 0):
-        return  # idle: asleep, and without the GIL
-    if request.native == NATIVE_BUSY and cut_short_by_a_handler(sleeping):
-        # Asking would end its sleep early (EINTR): C code that does not retry would
-        # see it.  native="all" asks all the same.
-        if d.format == FORMAT_TEXT:
-            emit_str(d, b"  [C] <asleep in system call ")
-            emit_decimal(d, sleeping)
-            emit_str(d, b", which a signal would cut short: not asked>\n")
-        return
+    if request.native == NATIVE_BUSY:
+        if not (holds_gil or current or status.kernel == STATE_RUNNING):
+            return  # asleep, or idle, without the GIL
+        if status.kernel == STATE_SLEEPING and 0 <= status.syscall < SYSCALL_TABLE \
+                and syscall_cut_short[status.syscall]:
+            # Asking would end its sleep early (EINTR), which C code that does not
+            # retry would see.  native="all" asks all the same.
+            if d.format == FORMAT_TEXT:
+                emit_str(d, b"  [C] <asleep in ")
+                emit_syscall_name(d, status.syscall)
+                emit_str(d, b", which a signal would cut short: not asked>\n")
+            return
     d.native_count = native_stack(d, tid)
     if d.native_count >= 0:
         d.native_next = native_first_frame(d, d.native_count)
@@ -375,29 +344,12 @@ cdef bint is_python_thread(Dumper *d, long tid) noexcept nogil:
     return False
 
 
-cdef Py_ssize_t kernel_name(long tid, char *out) noexcept nogil:
-    # Signal safe: /proc/self/task/TID/comm, without its newline, into `out` (64 bytes).
-    cdef char path[64]
-    cdef Py_ssize_t n
-    memcpy(path, b"/proc/self/task/", 16)
-    n = 16 + format_unsigned(path + 16, <unsigned long long>tid)
-    memcpy(path + n, b"/comm\0", 6)
-    cdef int fd = os_open(path, O_RDONLY | O_CLOEXEC)
-    if fd < 0:
-        return 0
-    n = read(fd, out, 63)
-    close(fd)
-    if n > 0 and out[n - 1] == b'\n':
-        n -= 1
-    return max(n, 0)
-
-
 cdef void dump_foreign_threads(Dumper *d, DumpRequest *request) noexcept nogil:
     """Signal safe: with every thread's C frames asked for, the threads of the process
     that Python never knew (a C library's own), from /proc/self/task, each with its
     kernel name and C frames; tbfast's own threads (tbfast-*) are left out."""
     cdef char *entries = d.scratch + SCRATCH_SIZE // 2  # the other half reads nothing now
-    cdef char name[64]
+    cdef char name[COMM_BYTES]
     cdef long got, offset, tid
     cdef Py_ssize_t name_length
     cdef int fd = os_open(b"/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -411,7 +363,7 @@ cdef void dump_foreign_threads(Dumper *d, DumpRequest *request) noexcept nogil:
             offset += (<unsigned short *>(entries + offset + 16))[0]
             if tid <= 0 or is_python_thread(d, tid):
                 continue
-            name_length = kernel_name(tid, name)
+            name_length = max(read_kernel_name(tid, name), 0)
             if name_length >= 7 and memcmp(name, b"tbfast-", 7) == 0:
                 continue
             emit_foreign_thread(d, request, tid, name, name_length)

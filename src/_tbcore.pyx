@@ -14,6 +14,7 @@ include "_decl.pxi"       # every C declaration; the atomics
 include "_buffer.pxi"     # the dumpers and appending to them
 include "_threads.pxi"    # thread names, contexts and harakiri deadlines, by ident
 include "_guard.pxi"      # the SIGSEGV/SIGBUS guard the walk runs under
+include "_states.pxi"     # stage 1: what the kernel says of each thread
 include "_walk.pxi"       # stage 1: threads -> frames
 include "_source.pxi"     # stage 2: source lines
 include "_format.pxi"     # stage 3: text, uwsgi, json
@@ -55,6 +56,17 @@ source_limit = _limits.SOURCE_LIMIT
 name_limit = _limits.NAME_LIMIT
 context_limit = _limits.CONTEXT_LIMIT
 recursive_cutoff = _limits.RECURSIVE_CUTOFF
+_IDLE_WAITS = _limits.IDLE_WAITS  # kept alive here: the walk compares their addresses
+for _wait in _IDLE_WAITS[:4]:
+    idle_waits[idle_wait_count] = <PyCodeObject *><PyObject *>_wait
+    idle_wait_count += 1
+if _limits.SYSCALL_TABLE != SYSCALL_TABLE:
+    raise ImportError("tbfast._limits.SYSCALL_TABLE differs from the core's")
+_SYSCALL_NAMES = {number: name.encode() for number, name in _limits.SYSCALL_NAMES.items()
+                  if 0 <= number < SYSCALL_TABLE}  # kept alive: the table points into them
+for _number, _name in _SYSCALL_NAMES.items():
+    syscall_names[_number] = _name
+    syscall_cut_short[_number] = _limits.SYSCALL_NAMES[_number] in _limits.CUT_SHORT_BY_A_HANDLER
 if max(filename_limit, function_limit, source_limit, name_limit, context_limit) + 3 > SLOT_TEXT:
     raise ImportError("tbfast._limits exceeds the core's SLOT_TEXT")
 if (_limits.MAX_LOCALS, _limits.LOCAL_VALUE_LIMIT, _limits.LOCAL_NAME_LIMIT) != (

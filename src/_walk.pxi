@@ -69,6 +69,7 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
         return
     clock_gettime(CLOCK_REALTIME, &started)
     d.locals = request.locals and d.format != FORMAT_UWSGI
+    states_start(d, request.interp)
     tb_fault_guard_ensure()
     # The main thread goes first, so a full buffer never drops it; finding it
     # reads only each thread state's ident.  Main's is the last state with its
@@ -104,10 +105,13 @@ cdef void dump(Dumper *d, DumpRequest *request) noexcept nogil:
             d.python_tid_count += 1
         if step.tstate != main and wanted(step.ident, request):
             threads += guarded_dump_thread(d, step.tstate, request, holder)
+        if step.following == step.tstate:  # a freed state, its memory reused: a stale link
+            break
         step.tstate = step.following
         walked += 1
     if request.native == NATIVE_ALL and d.format != FORMAT_UWSGI:
         dump_foreign_threads(d, request)
+    states_end(d)
     emit_end(d)
     emit_header(d, request, threads, started, holder_ident)
 
@@ -203,6 +207,8 @@ cdef void record_job(void *argument) noexcept nogil:
     cdef bint current = request.current_ident != 0 and \
         tb_thread_ident(job.tstate) == request.current_ident
     record_frames(job.d, job.tstate, request.skip if current else 0)
+    read_status(job.d, job.tstate, job.tstate == job.holder,
+                job.d.frames[0].code if job.d.recorded > 0 else NULL)
 
 
 cdef void dump_thread_job(void *argument) noexcept nogil:
@@ -215,25 +221,30 @@ cdef bint guarded_dump_thread(Dumper *d, PyThreadState *tstate, DumpRequest *req
                               PyThreadState *holder) noexcept nogil:
     """Signal safe: one thread in two guarded steps.  A fault while walking keeps the
     frames read before it and ends the thread with `<unreadable frame>`; a fault while
-    formatting replaces the frame being written by it.  False for a thread with no
-    frame to show (as sys._current_frames() leaves it out) or none readable."""
+    formatting replaces the frame being written by it.  A thread with no Python frame
+    (a C thread that took the GIL) is shown too, as faulthandler shows it, unlike
+    sys._current_frames(), if it is bound to a thread.  False for a thread left out,
+    or one that faulted before its first frame."""
     cdef ThreadJob job
     job.d = d
     job.tstate = tstate
     job.request = request
     job.holder = holder
+    status_unknown(d, tstate == holder)
     d.walk_faulted = tb_guarded_call(d - dumpers, record_job, &job) != 0
     if d.walk_faulted:
         d.visible = d.recorded + 1  # the frames read, and the one that could not be
-    if d.visible == 0:
-        return False
+    if d.visible == 0 and (tb_thread_ident(tstate) == 0 or tb_thread_native_id(tstate) == 0):
+        return False  # a state bound to no thread (being made, or freed under the walk)
     d.thread_mark = d.length
     d.frame_mark = -1
     if tb_guarded_call(d - dumpers, dump_thread_job, &job) == 0:
+        count_state(d)
         return True
     if d.frame_mark < 0:  # the fault came before the first frame: leave the thread out
         d.length = d.thread_mark
         return False
+    count_state(d)
     d.length = d.frame_mark
     emit_unreadable(d, tstate, d.frame_index)
     d.threads_written += 1

@@ -262,14 +262,19 @@ static inline TB_RACY int tb_frame_line(tb_frame *frame, PyCodeObject *code) {
     return PyCode_Addr2Line(code, tb_frame_lasti_bytes(frame, code));
 }
 
-/* Signal safe: the thread state that holds the GIL now, or NULL if it is free. */
-static inline TB_RACY PyThreadState *tb_gil_holder(PyInterpreterState *interp) {
+/* Signal safe: the interpreter's GIL (3.11: the runtime's), or NULL. */
+static inline TB_RACY struct _gil_runtime_state *tb_gil(PyInterpreterState *interp) {
 #if PY_VERSION_HEX >= 0x030C0000
-    struct _gil_runtime_state *gil = interp->ceval.gil;
+    return interp->ceval.gil;
 #else
     (void)interp;
-    struct _gil_runtime_state *gil = &_PyRuntime.ceval.gil;
+    return &_PyRuntime.ceval.gil;
 #endif
+}
+
+/* Signal safe: the thread state that holds the GIL now, or NULL if it is free. */
+static inline TB_RACY PyThreadState *tb_gil_holder(PyInterpreterState *interp) {
+    struct _gil_runtime_state *gil = tb_gil(interp);
     if (gil == NULL) {
         return NULL;
     }
@@ -281,6 +286,30 @@ static inline TB_RACY PyThreadState *tb_gil_holder(PyInterpreterState *interp) {
     PyThreadState *holder = (PyThreadState *)_Py_atomic_load_relaxed(&gil->last_holder);
 #endif
     return locked > 0 ? holder : NULL;
+}
+
+/* Signal safe: the addresses a thread waiting for the GIL sleeps on, [*low, *high):
+   the GIL's condition variable and its mutex (take_gil waits on the one, holding
+   the other), each a pthread object whose futex words lie inside it; the same
+   layout in 3.11 to 3.15.  The switch condition that a thread which just dropped
+   the GIL waits on comes after them: such a thread is not waiting for the GIL. */
+static inline TB_RACY void tb_gil_wait_range(PyInterpreterState *interp, uintptr_t *low,
+                                             uintptr_t *high) {
+    struct _gil_runtime_state *gil = tb_gil(interp);
+    *low = gil != NULL ? (uintptr_t)&gil->cond : 0;
+    *high = gil != NULL ? (uintptr_t)(&gil->mutex + 1) : 0;
+}
+
+/* Signal safe: whether a thread asked for the GIL and waits for it, as its thread
+   state says: 3.15's gil_requested; earlier versions keep no such flag (0), and
+   the walk asks the kernel what the thread sleeps on (tb_gil_wait_range). */
+static inline TB_RACY int tb_thread_requests_gil(PyThreadState *tstate) {
+#if PY_VERSION_HEX >= 0x030F0000
+    return __atomic_load_n(&tstate->gil_requested, __ATOMIC_RELAXED) != 0;
+#else
+    (void)tstate;
+    return 0;
+#endif
 }
 
 /* ---- faulthandler's format, as each version writes it (Python/traceback.c) ---- */

@@ -5,6 +5,8 @@ pure-Python fallback cut strings at the same place.
 """
 
 import numbers
+import os
+import threading
 
 FILENAME_LIMIT = 500   # bytes of UTF-8, as faulthandler's MAX_STRING_LENGTH
 FUNCTION_LIMIT = 200
@@ -12,6 +14,38 @@ SOURCE_LIMIT = 500
 NAME_LIMIT = 200
 CONTEXT_LIMIT = 500
 RECURSIVE_CUTOFF = 3   # as traceback.StackSummary: 3 identical lines, then a count
+
+# A thread whose innermost frame is one of these waits is idle (docs/formats.md):
+# Condition.wait serves Event, Semaphore, Barrier and queue.Queue; Thread.join waits
+# in _wait_for_tstate_lock up to 3.12, in Thread.join itself from 3.13 on.
+IDLE_WAITS = tuple(function.__code__ for function in (
+    threading.Condition.wait, getattr(threading.Thread, "_wait_for_tstate_lock", threading.Thread.join)))
+
+# The system calls a sleeping thread's state names (/proc/self/task/TID/syscall gives
+# the number), by this machine's numbers; another shows "syscall N".
+_SYSCALLS = {
+    "x86_64": {0: "read", 1: "write", 7: "poll", 17: "pread64", 18: "pwrite64", 19: "readv",
+               20: "writev", 23: "select", 34: "pause", 35: "nanosleep", 42: "connect",
+               43: "accept", 44: "sendto", 45: "recvfrom", 46: "sendmsg", 47: "recvmsg",
+               61: "wait4", 72: "fcntl", 73: "flock", 74: "fsync", 128: "rt_sigtimedwait",
+               130: "rt_sigsuspend", 202: "futex", 230: "clock_nanosleep", 232: "epoll_wait",
+               247: "waitid", 257: "openat", 270: "pselect6", 271: "ppoll", 281: "epoll_pwait",
+               288: "accept4", 441: "epoll_pwait2"},
+    "aarch64": {22: "epoll_pwait", 25: "fcntl", 32: "flock", 56: "openat", 63: "read",
+                64: "write", 65: "readv", 66: "writev", 67: "pread64", 68: "pwrite64",
+                72: "pselect6", 73: "ppoll", 82: "fsync", 95: "waitid", 98: "futex",
+                101: "nanosleep", 115: "clock_nanosleep", 133: "rt_sigsuspend",
+                137: "rt_sigtimedwait", 202: "accept", 203: "connect", 206: "sendto",
+                207: "recvfrom", 211: "sendmsg", 212: "recvmsg", 242: "accept4", 260: "wait4",
+                441: "epoll_pwait2"},
+}
+SYSCALL_NAMES = _SYSCALLS.get(os.uname().machine, {})
+SYSCALL_TABLE = 512  # the core's table: numbers at or above it show as "syscall N"
+# The calls that a signal handler ends with EINTR whatever SA_RESTART says
+# (signal(7)): a native dump does not ask a thread asleep in one (src/_native.pxi).
+CUT_SHORT_BY_A_HANDLER = ("poll", "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait",
+                          "epoll_pwait2", "pause", "nanosleep", "clock_nanosleep",
+                          "rt_sigtimedwait", "rt_sigsuspend")
 
 FORMATS = ("text", "uwsgi", "json", "faulthandler")  # what every layer writes and accepts
 REQUEST_OPTIONS = ("locals", "gil-free", "native", "native-all")  # the socket request's other words

@@ -20,11 +20,13 @@ from ._limits import (
     CONTEXT_LIMIT,
     FILENAME_LIMIT,
     FUNCTION_LIMIT,
+    IDLE_WAITS,
     LOCAL_NAME_LIMIT,
     LOCAL_VALUE_LIMIT,
     NAME_LIMIT,
     RECURSIVE_CUTOFF,
     SOURCE_LIMIT,
+    SYSCALL_NAMES,
 )
 from .saferepr import DUMP_TIME_BUDGET, frame_locals
 
@@ -113,7 +115,42 @@ class Frame:
 
 
 class _Thread:
-    __slots__ = ("ident", "native_id", "name", "current", "holds_gil", "context", "frames")
+    __slots__ = ("ident", "native_id", "name", "current", "holds_gil", "context", "frames",
+                 "state", "kernel", "syscall")
+
+
+STATES = ("running", "sleeping", "idle", "waiting_gil")  # the header counts them in this order
+
+
+def _kernel_state(native_id):
+    """("running" or "sleeping", the system call's name or None), from one read of
+    /proc/self/task/TID/syscall as the core reads it; (None, None) when unreadable."""
+    try:
+        with open("/proc/self/task/%d/syscall" % native_id, "rb") as file:
+            fields = file.read(256).split()
+        if fields[0] == b"running":
+            return "running", None
+        number = int(fields[0])
+    except (OSError, TypeError, ValueError, IndexError):
+        return None, None
+    if number < 0:
+        return "sleeping", None
+    return "sleeping", SYSCALL_NAMES.get(number, "syscall %d" % number)
+
+
+def _read_state(thread, innermost):
+    """A thread's state as the core decides it (src/_states.pxi), but for what
+    Python cannot see: which thread waits for the GIL (never said here), and which
+    one collects garbage (in_gc is false)."""
+    thread.kernel, thread.syscall = None, None
+    if thread.current:
+        thread.kernel = "running"
+    elif innermost is not None and innermost.f_code in IDLE_WAITS:
+        thread.state = "idle"
+        return
+    elif thread.native_id is not None:
+        thread.kernel, thread.syscall = _kernel_state(thread.native_id)
+    thread.state = thread.kernel
 
 
 def current_frames():
@@ -157,6 +194,7 @@ def _snapshot(all_threads, skip, safe=None, exclude_self=False):
         thread.context = bounded(context, CONTEXT_LIMIT) if context else None
         thread.frames = []
         frame = frames_by_thread[ident]
+        _read_state(thread, frame)
         while frame is not None:
             thread.frames.append(Frame(frame, checked, safe))
             frame = frame.f_back
@@ -172,6 +210,12 @@ def _text_header(thread):
         parts.append(b"native id %d" % thread.native_id)
     if thread.holds_gil:
         parts.append(b"holds the GIL")
+    if thread.state == "idle":
+        parts.append(b"idle")
+    if thread.kernel == "running":
+        parts.append(b"running")
+    elif thread.kernel == "sleeping":
+        parts.append(b"sleeping in %s" % thread.syscall.encode() if thread.syscall else b"sleeping")
     head = b"Current thread" if thread.current else b"Thread"
     line = b"%s 0x%016x" % (head, thread.ident)
     if parts:
@@ -253,13 +297,17 @@ def _format_json_threads(threads):
     for thread in threads:
         frames = b",".join(_format_json_frame(frame) for frame in thread.frames)
         items.append(
-            b'{"ident":%d,"native_id":%s,"name":%s,"current":%s,"holds_gil":%s,'
+            b'{"ident":%d,"native_id":%s,"name":%s,"kernel_name":null,"current":%s,"holds_gil":%s,'
+            b'"state":%s,"syscall":%s,"waiting_gil":false,"in_gc":false,'
             b'"context":%s,"frames":[%s]}' % (
                 thread.ident,
                 b"null" if thread.native_id is None else b"%d" % thread.native_id,
                 _json_optional(thread.name),
                 b"true" if thread.current else b"false",
                 b"true" if thread.holds_gil else b"false",
+                _json_optional(thread.state and thread.state.encode()),
+                _json_optional(thread.kernel == "sleeping" and thread.syscall and thread.syscall.encode()
+                               or None),
                 _json_optional(thread.context), frames))
     return b",".join(items)
 
@@ -280,14 +328,18 @@ def format_dump(all_threads, fmt, skip, trigger="api", exclude_self=False, safe=
         with safe.budget(DUMP_TIME_BUDGET):
             threads = _snapshot(all_threads, skip + 1, safe, exclude_self)
     pid, now = os.getpid(), _timestamp(time.time())
+    counts = [(state, sum(thread.state == state for thread in threads)) for state in STATES]
     if fmt == "json":
-        return b'{"tbfast":1,"pid":%d,"time":"%s","trigger":"%s","mode":"%s","threads":[%s],' \
+        return b'{"tbfast":1,"pid":%d,"time":"%s","trigger":"%s","mode":"%s",%s"threads":[%s],' \
                b'"truncated":null}\n' % (pid, now.encode(), trigger.encode(), MODE.encode(),
+                                         b"".join(b'"%s":%d,' % (state.encode(), count)
+                                                  for state, count in counts),
                                          _format_json_threads(threads))
     if fmt == "uwsgi":  # uWSGI's parsers expect its own first line
         return _format_uwsgi(threads)
-    header = b"tbfast dump: pid=%d time=%s trigger=%s mode=%s threads=%d\n" % (
-        pid, now.encode(), trigger.encode(), MODE.encode(), len(threads))
+    header = b"tbfast dump: pid=%d time=%s trigger=%s mode=%s threads=%d%s\n" % (
+        pid, now.encode(), trigger.encode(), MODE.encode(), len(threads),
+        b"".join(b" %s=%d" % (state.encode(), count) for state, count in counts))
     return header + _format_text(threads)
 
 

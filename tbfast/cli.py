@@ -211,29 +211,43 @@ def expand(patterns):
     return paths, errors
 
 
+def state_of(thread):
+    """A json dump's thread state in words: "idle", "running", "waiting for the GIL",
+    "sleeping in futex", ...; None when the dump does not say."""
+    state, syscall = thread.get("state"), thread.get("syscall")
+    if state == "waiting_gil":
+        return "waiting for the GIL"
+    if state == "sleeping" and syscall:
+        return "sleeping in %s" % syscall
+    return str(state) if state else None
+
+
 def stacks(document):
-    """Each thread's stack in a json dump, outermost first, as (file, line, function,
-    source) tuples; ValueError for a document that is not a tbfast dump."""
+    """Each thread's state (state_of) and stack in a json dump, the stack outermost
+    first as (file, line, function, source) tuples; ValueError for a document that
+    is not a tbfast dump."""
     try:
-        return [tuple((str(frame["file"]), int(frame["line"]), str(frame["function"]),
-                       None if frame.get("source") is None else str(frame["source"]))
-                      for frame in reversed(thread.get("frames") or ()))
+        return [(state_of(thread),
+                 tuple((str(frame["file"]), int(frame["line"]), str(frame["function"]),
+                        None if frame.get("source") is None else str(frame["source"]))
+                       for frame in reversed(thread.get("frames") or ())))
                 for thread in document["threads"]]
     except (AttributeError, KeyError, TypeError, ValueError):
         raise ValueError("its threads or frames are missing or malformed") from None
 
 
 def summarize(dumps):
-    """Groups identical stacks across the threads of all `dumps` ((path, stacks)
-    pairs): a list of (threads, workers, stack), most common first."""
+    """Groups the threads of all `dumps` ((path, stacks) pairs) by state and stack:
+    a list of (threads, workers, (state, stack)), most common first."""
     groups = {}
     for path, threads in dumps:
         for key in threads:
             group = groups.setdefault(key, [0, set()])
             group[0] += 1
             group[1].add(path)
-    ordered = sorted(groups.items(), key=lambda item: (-item[1][0], -len(item[1][1]), item[0]))
-    return [(count, len(workers), stack) for stack, (count, workers) in ordered]
+    ordered = sorted(groups.items(), key=lambda item: (-item[1][0], -len(item[1][1]),
+                                                       item[0][0] or "", item[0][1]))
+    return [(count, len(workers), key) for key, (count, workers) in ordered]
 
 
 def _plural(count, word):
@@ -243,10 +257,13 @@ def _plural(count, word):
 def format_summary(groups, workers):
     threads = sum(count for count, _, _ in groups)
     lines = ["%s in %s, %s:" % (_plural(threads, "thread"), _plural(workers, "worker"),
-                                _plural(len(groups), "different stack")), ""]
-    for count, in_workers, stack in groups:
-        lines.append("%s in %s %s in:" % (_plural(count, "thread"), _plural(in_workers, "worker"),
-                                          "is" if count == 1 else "are"))
+                                "%s and state%s" % (_plural(len(groups), "different stack"),
+                                                    "" if len(groups) == 1 else "s")),
+             ""]
+    for count, in_workers, (state, stack) in groups:
+        lines.append("%s in %s%s %s in:" % (_plural(count, "thread"), _plural(in_workers, "worker"),
+                                            " (%s)" % state if state else "",
+                                            "is" if count == 1 else "are"))
         if not stack:
             lines.append("  (no Python frames)")
         for file, line, function, source in stack:

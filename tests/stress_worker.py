@@ -44,8 +44,10 @@ def figures(name, **values):
 
 # ---------------------------------------------------------------- the parsers
 
-THREAD_HEADING = (rb'(?:Current thread|Thread) 0x[0-9a-f]{16} \((?:name "[^\n]*", )?native id -?\d+'
-                  rb'(?:, holds the GIL)?(?:, stuck for \d+\.\d{3} s)?\) \(most recent call first\):\n')
+THREAD_HEADING = (rb'(?:Current thread|Thread) 0x[0-9a-f]{16} \((?:name "[^\n]*"(?: \(kernel\))?, )?native id -?\d+'
+                  rb'(?:, holds the GIL|, waiting for the GIL)?(?:, in GC)?(?:, idle)?'
+                  rb'(?:, running|, sleeping(?: in [a-z0-9_]+| in syscall \d+)?)?'
+                  rb'(?:, stuck for \d+\.\d{3} s)?\) \(most recent call first\):\n')
 # The fallback knows a thread's name and native id only from threading, which does
 # not know a thread that is still starting or already ending: then neither is shown.
 UNKNOWN_THREAD_HEADING = rb'Thread 0x[0-9a-f]{16} \(most recent call first\):\n'
@@ -53,12 +55,14 @@ THREAD_BODY = (rb'(?:  Context: [^\n]*\n)?'
                rb'(?:  File "[^\n]*", line -?\d+ in [^\n]*\n(?:    [^\n]*\n)?(?:      [^\n]*\n)*'
                rb'|  \[Previous line repeated \d+ more times?\]\n'
                rb'|  <unreadable frame>\n'
-               rb'|  \[C\] [^\n]*\n)*\n')  # C frames: with native frames asked for
+               rb'|  \[C\] [^\n]*\n)*'  # C frames: with native frames asked for
+               rb'(?:  <no Python frame>\n(?:  \[C\] [^\n]*\n)*)?\n')  # a C thread
 TEXT_THREAD = re.compile(THREAD_HEADING + THREAD_BODY)
 FALLBACK_TEXT_THREAD = re.compile(rb'(?:' + THREAD_HEADING + rb'|' + UNKNOWN_THREAD_HEADING + rb')'
                                   + THREAD_BODY)
 TEXT_HEADER = re.compile(rb'tbfast dump: pid=(\d+) time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z '
                          rb'trigger=(\S+) mode=(gil|gil-free|python) threads=(\d+)'
+                         rb' running=(\d+) sleeping=(\d+) idle=(\d+) waiting_gil=(\d+)'
                          rb'(?: gil_wait_ms=\d+ gil_holder=\S+)?\n')
 TRUNCATED = re.compile(rb'\*\*\* tbfast: buffer full, \d+ frames in \d+ threads not shown '
                        rb'\(buffer_size=\d+\) \*\*\*\n')
@@ -107,6 +111,8 @@ def check_text(data, trigger=None):
     if truncated is None and threads != int(header.group(4)):
         raise Malformed("header says threads=%s, %d thread blocks follow" % (header.group(4).decode(),
                                                                              threads))
+    if sum(int(header.group(n)) for n in range(5, 9)) > int(header.group(4)):
+        raise Malformed("more threads counted by state than threads=%s" % header.group(4).decode())
     return threads, unreadable
 
 

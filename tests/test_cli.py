@@ -79,15 +79,15 @@ def test_summary_groups_the_stacks_of_all_workers(spawn, tmp, server, script):
     assert result.returncode == 0, result.stderr
     blocks = result.stdout.split("\n\n")
     # Each worker: its busy threads, its main thread, its watchdog Timer thread.
-    assert blocks[0] == "13 threads in 3 workers, 3 different stacks:"
+    assert blocks[0] == "13 threads in 3 workers, 3 different stacks and states:"
     busy = blocks[1].splitlines()
-    assert busy[0] == "7 threads in 2 workers are in:"
+    assert busy[0] == "7 threads in 2 workers (idle) are in:"
     stuck = busy.index('  File "%s", line %d, in stuck_in_here' % (script, workers[0].info["line"]))
     assert busy[stuck + 1] == "    release.wait()"
     assert busy[1].endswith(", in _bootstrap"), "outermost first, as in a traceback"
     assert busy[-2].endswith(", in wait"), "innermost last"
     assert sorted(block.splitlines()[0] for block in blocks[2:4]) == [
-        "3 threads in 3 workers are in:"] * 2
+        "3 threads in 3 workers (idle) are in:", "3 threads in 3 workers (sleeping in read) are in:"]
     main = next(block for block in blocks[2:4] if ", in <module>" in block)
     assert main.splitlines()[1:3] == ['  File "%s", line %d, in <module>' % (
         script, _line_of(script, "for command in sys.stdin:")), "    for command in sys.stdin:"]
@@ -211,7 +211,7 @@ def test_answers_within_a_second_while_the_gil_is_held(spawn, tmp, script):
     assert result.returncode == 0, result.stderr
     assert ('  File "%s", line %d in hold_the_gil\n    sleep(seconds)\n'
             % (script, holding["line"])) in result.stdout
-    assert re.search(r'^Thread 0x[0-9a-f]+ \(name "MainThread", native id \d+, holds the GIL\)',
+    assert re.search(r'^Thread 0x[0-9a-f]+ \(name "MainThread", native id \d+, holds the GIL, sleeping in [a-z0-9_]+\)',
                      result.stdout, re.M)
     assert worker.read()["held"] is True
 

@@ -17,20 +17,31 @@ from tbfast import _fallback, _limits
 from conftest import needs_core, thread_of
 
 
+# A thread's state as the text heading shows it, what it may show apart from
+# (waiting for the GIL: the fallback cannot tell).
+STATE_WORDS = re.compile(rb", (?:waiting for the GIL|in GC|running|sleeping(?: in [a-z0-9_ ]+)?)(?=[,)])")
+
+
 def body(dump):
-    """Everything but the header line (pid, time and mode differ by design), and but
-    C frames, which only the core shows (a run with TBFAST_TEST_NATIVE asks them of
+    """Everything but the header line (pid, time, mode and the counts by state differ by
+    design), each thread's state masked but for idle and holding the GIL: a thread
+    not parked may change state between two dumps, and only the core knows which
+    thread waits for the GIL (test_thread_states checks the states); and but C
+    frames, which only the core shows (a run with TBFAST_TEST_NATIVE asks them of
     every dump)."""
     if dump.startswith(b"{"):
         document = json.loads(dump)
-        for key in ("time", "mode"):
+        for key in ("time", "mode", "running", "sleeping", "idle", "waiting_gil"):
             document.pop(key)
         for thread in document["threads"]:
             thread.pop("native", None)
             thread.pop("native_error", None)
+            if thread["state"] != "idle":
+                thread.update(state=None, syscall=None, waiting_gil=False, in_gc=False)
         return document
-    dump = b"".join(line for line in dump.splitlines(True) if not line.startswith(b"  [C] "))
-    return dump.split(b"\n", 1)[1] if dump.startswith(b"tbfast dump:") else dump
+    text = dump.split(b"\n", 1)[1] if dump.startswith(b"tbfast dump:") else dump
+    text = b"".join(line for line in text.splitlines(True) if not line.startswith(b"  [C] "))
+    return STATE_WORDS.sub(b"", text)
 
 
 @needs_core
@@ -97,8 +108,9 @@ def test_text_format_extends_faulthandlers_grammar(parked):
     text = tbfast.format_traceback()
     header, rest = text.split("\n", 1)
     assert re.fullmatch(r"tbfast dump: pid=\d+ time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z "
-                        r"trigger=api mode=(gil|python) threads=\d+", header)
-    heading = "Thread 0x%016x (name \"worker\", native id %d) (most recent call first):" % (
+                        r"trigger=api mode=(gil|python) threads=\d+ running=\d+ sleeping=\d+ idle=\d+ "
+                        r"waiting_gil=\d+", header)
+    heading = "Thread 0x%016x (name \"worker\", native id %d, idle) (most recent call first):" % (
         item.thread.ident, item.thread.native_id)
     assert heading in rest.splitlines()
     frames = re.findall(r'^  File "(.*)", line (\d+) in (.*)$',
@@ -109,11 +121,13 @@ def test_text_format_extends_faulthandlers_grammar(parked):
 
 def test_json_schema():
     document = json.loads(tbfast.format_traceback(format="json"))
-    assert set(document) == {"tbfast", "pid", "time", "trigger", "mode", "threads", "truncated"}
+    assert set(document) == {"tbfast", "pid", "time", "trigger", "mode", "running", "sleeping", "idle",
+                             "waiting_gil", "threads", "truncated"}
     assert document["truncated"] is None
     for thread in document["threads"]:
         assert set(thread) - {"native", "native_error"} == {  # C frames: test_native.py
-            "ident", "native_id", "name", "current", "holds_gil", "context", "frames"}
+            "ident", "native_id", "name", "kernel_name", "current", "holds_gil", "state", "syscall",
+            "waiting_gil", "in_gc", "context", "frames"}
         for frame in thread["frames"]:
             assert set(frame) == {"file", "line", "function", "source"}
 

@@ -47,9 +47,10 @@ def test_a_null_read_dumps_every_thread_then_dies_by_sigsegv():
     code, out, err = run("import tbfast\ntbfast.enable()\n" + CRASHING)
     assert code == -signal.SIGSEGV, err
     line = int(out.split()[1])
-    header = re.match(r"tbfast dump: pid=\d+ time=\S+ trigger=fatal:SIGSEGV mode=gil-free threads=2\n", err)
+    header = re.match(r"tbfast dump: pid=\d+ time=\S+ trigger=fatal:SIGSEGV mode=gil-free threads=2 "
+                      r"running=1 sleeping=0 idle=1 waiting_gil=0\n", err)
     assert header, err
-    assert re.search(r'Current thread 0x[0-9a-f]{16} \(name "MainThread", native id \d+, holds the GIL\) '
+    assert re.search(r'Current thread 0x[0-9a-f]{16} \(name "MainThread", native id \d+, holds the GIL, running\) '
                      r'\(most recent call first\):\n  Context: GET /crash\n', err), err
     assert '  File "<string>", line %d in crash\n' % line in err
     assert 'name "slow worker"' in err and "Context: GET /slow?\\x1b[31m" in err  # escaped

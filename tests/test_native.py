@@ -19,7 +19,8 @@ import pytest
 import tbfast
 from conftest import needs_core
 from nativekit import (  # noqa: F401 - fixtures, taken by name
-    FOREIGN_FUNCTIONS, SPIN_FUNCTIONS, load, tbnative_dir, tbnative_stripped_dir)
+    FOREIGN_FUNCTIONS, GIL_HOLDER_FUNCTIONS, SPIN_FUNCTIONS, load, tbnative_dir,
+    tbnative_stripped_dir)
 from workerkit import ask, tmp  # noqa: F401 - tmp: a fixture
 
 pytestmark = needs_core
@@ -231,3 +232,36 @@ def test_connect_and_read_native(spinning, tbnative_dir):  # noqa: F811
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert all("  [C] %s+0x" % name in result.stdout for name in SPIN_FUNCTIONS)
+
+
+GIL_HOLDER_WORKER = """
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import tbnative, tbfast
+    tbfast.enable_tracebacker(sys.argv[2], 1)
+    tbnative.start_gil_holder(3.0)
+    tbnative.start_foreign(3.0)
+    print("ready", flush=True)
+    tbnative.join()
+"""
+
+
+def test_a_c_thread_holding_the_gil_and_one_python_never_knew_show_their_c_functions(
+        tbnative_dir, tmp):  # noqa: F811
+    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(GIL_HOLDER_WORKER),
+                                tbnative_dir, os.path.join(tmp, "tbn.")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "ready\n", process.stderr.read()
+        time.sleep(0.2)  # the C thread has taken the GIL: the main thread waits for it
+        dump = ask(os.path.join(tmp, "tbn.1"), b"native-all\n").decode()
+    finally:
+        process.kill()
+        process.wait(10)
+    holder = thread_block(dump, "tbn-gil-holder")
+    assert "holds the GIL" in holder.splitlines()[0] and "  <no Python frame>" in holder
+    names = [line.split("+")[0] for line in C_LINE.findall(holder)]
+    assert [name for name in names if name.startswith("tbnative_")] == list(GIL_HOLDER_FUNCTIONS[::-1])
+    foreign = thread_block(dump, "tbn-foreign")
+    names = [line.split("+")[0] for line in C_LINE.findall(foreign)]
+    assert [name for name in names if name.startswith("tbnative_")] == list(FOREIGN_FUNCTIONS[::-1])

@@ -371,9 +371,12 @@ def request_id():
 # -- tbfast's text dumps, parsed back -----------------------------------------------------
 
 HEADER = re.compile(r"tbfast dump: pid=(\d+) time=(\S+) trigger=(\S+) mode=(\S+) threads=(\d+)"
+                    r"(?: running=\d+ sleeping=\d+ idle=\d+ waiting_gil=\d+)?"
                     r"(?: gil_wait_ms=\d+ gil_holder=\S+)?$")
-HEADING = re.compile(r'(Current thread|Thread) 0x([0-9a-f]+) \((?:name "(.*)", )?native id (\d+)'
-                     r'(, holds the GIL)?(?:, stuck for ([0-9.]+) s)?\) \(most recent call first\):$')
+HEADING = re.compile(r'(Current thread|Thread) 0x([0-9a-f]+) \((?:name "(.*?)"(?: \(kernel\))?, )?native id (\d+)'
+                     r'(, holds the GIL)?(?:, waiting for the GIL)?(?:, in GC)?(?:, idle)?'
+                     r'(?:, running|, sleeping(?: in [a-z0-9_ ]+)?)?'
+                     r'(?:, stuck for ([0-9.]+) s)?\) \(most recent call first\):$')
 FRAME = re.compile(r'  File "(.*)", line (\d+) in (.*)$')
 LOGGED = re.compile(r"harakiri: thread (.*) \((0x[0-9a-f]+)\) stuck for ([0-9.]+) s$")
 
@@ -438,7 +441,8 @@ def parse_dumps(log):
                 if frame:
                     thread.frames.append((frame.group(1), int(frame.group(2)), frame.group(3)))
                 elif not (lines[at].startswith("    ") or lines[at].startswith("  [Previous")
-                          or lines[at].startswith("  <unreadable frame>")):
+                          or lines[at].startswith("  <unreadable frame>")
+                          or lines[at].startswith("  <no Python frame>")):
                     break  # a foreign line: the dump was interleaved or cut
                 at += 1
             if at >= len(lines) or lines[at] != "\n":
