@@ -19,6 +19,8 @@ def documented_calls() -> None:
     tbfast.register(signal.SIGABRT, 2)
     assert_type(tbfast.unregister(signal.SIGUSR1), bool)
     tbfast.enable(False, format="json")
+    assert_type(tbfast.format_traceback(native="all"), str)
+    tbfast.dump_traceback(2, native=True)
     assert_type(tbfast.is_enabled(), bool)
     assert_type(tbfast.disable(), bool)
 
