@@ -1,6 +1,5 @@
 import json
 import logging
-import sys
 import threading
 import time
 import traceback
@@ -8,6 +7,7 @@ import traceback
 import pytest
 
 import tbfast
+from tbfast._pyformat import current_frames  # with the GC off: see there
 
 
 def pytest_report_header(config):
@@ -61,7 +61,7 @@ def parked():
 
 def truth(ident):
     """(file, line, function, source) innermost first, from traceback.extract_stack."""
-    frame = sys._current_frames()[ident]
+    frame = current_frames()[ident]
     return [(summary.filename, summary.lineno, summary.name, summary.line or None)
             for summary in reversed(traceback.extract_stack(frame))]
 
