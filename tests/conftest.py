@@ -1,5 +1,6 @@
 import json
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -7,7 +8,7 @@ import traceback
 import pytest
 
 import tbfast
-from tbfast._pyformat import current_frames  # with the GC off: see there
+from tbfast._pyformat import current_frames
 
 
 def pytest_report_header(config):
@@ -59,9 +60,18 @@ def parked():
         item.__exit__(None, None, None)
 
 
+def current_stacks():
+    """sys._current_frames(), this thread's from the caller's frame as it gives it,
+    but with the GC off, as tbfast's own (tbfast._pyformat.current_frames): on 3.11
+    a collection run inside it can wait for the thread list's lock it holds."""
+    frames = current_frames()
+    frames[threading.get_ident()] = sys._getframe(1)
+    return frames
+
+
 def truth(ident):
     """(file, line, function, source) innermost first, from traceback.extract_stack."""
-    frame = current_frames()[ident]
+    frame = current_stacks()[ident]
     return [(summary.filename, summary.lineno, summary.name, summary.line or None)
             for summary in reversed(traceback.extract_stack(frame))]
 

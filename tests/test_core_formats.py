@@ -11,10 +11,9 @@ import traceback
 import pytest
 
 import tbfast
-from tbfast._pyformat import current_frames  # with the GC off: see there
 import shapes
 from tbfast import _fallback, _limits
-from conftest import needs_core, thread_of
+from conftest import current_stacks, needs_core, thread_of
 
 
 # A thread's state as the text heading shows it, what it may show apart from
@@ -87,7 +86,7 @@ def test_surrogate_escaped_filename_equals_fallback(parked):
 
 def uwsgi_lines_from_extract_stack(thread):
     """What uWSGI's tracebacker prints for a thread: oldest frame first."""
-    frame = current_frames()[thread.ident]
+    frame = current_stacks()[thread.ident]
     return ["thread_id = %s filename = %s lineno = %d function = %s line = %s" % (
         thread.name, summary.filename, summary.lineno, summary.name, summary.line)
         for summary in traceback.extract_stack(frame)]
@@ -115,7 +114,7 @@ def test_text_format_extends_faulthandlers_grammar(parked):
     assert heading in rest.splitlines()
     frames = re.findall(r'^  File "(.*)", line (\d+) in (.*)$',
                         rest.split(heading, 1)[1].split("\n\n", 1)[0], re.M)
-    stack = reversed(traceback.extract_stack(current_frames()[item.thread.ident]))
+    stack = reversed(traceback.extract_stack(current_stacks()[item.thread.ident]))
     assert frames == [(s.filename, str(s.lineno), s.name) for s in stack]
 
 
@@ -146,7 +145,7 @@ def wait_until_blocked(threads, seconds=30):
         if "waiter.acquire(True, timeout)" in line]
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        frames = current_frames()
+        frames = current_stacks()
         if all(frames[t.ident].f_code is wait_code and frames[t.ident].f_lineno in lines
                for t in threads):
             return
@@ -189,7 +188,7 @@ def test_thousand_threads_truncated_with_exact_marker_main_first(fmt):
         wait_until_blocked(threads)
         dump = tbfast._impl.format_dump(True, fmt, 0)
         # Every thread's but tbfast's consistent thread's (if a socket test started it).
-        total = sum(len(traceback.extract_stack(frame)) for ident, frame in current_frames().items()
+        total = sum(len(traceback.extract_stack(frame)) for ident, frame in current_stacks().items()
                     if ident != tbfast._impl.consistent_thread_ident())
     finally:
         tbfast.configure(buffer_size=_limits.DEFAULT_BUFFER_SIZE)

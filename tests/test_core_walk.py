@@ -11,9 +11,8 @@ import traceback
 import pytest
 
 import tbfast
-from tbfast._pyformat import current_frames  # with the GC off: see there
 import shapes
-from conftest import dumped, needs_core, thread_of, truth
+from conftest import current_stacks, dumped, needs_core, thread_of, truth
 
 
 @pytest.mark.parametrize("shape", shapes.SHAPES, ids=lambda shape: shape.__name__)
@@ -54,7 +53,7 @@ def test_deep_recursion_is_compressed_as_traceback_does(parked):
     text = tbfast.format_traceback()
     block = text.split("0x%016x" % item.thread.ident, 1)[1].split("\n\n", 1)[0]
     summary = traceback.StackSummary.extract(
-        traceback.walk_stack(current_frames()[item.thread.ident]))
+        traceback.walk_stack(current_stacks()[item.thread.ident]))
     expected = [line for line in "".join(summary.format()).splitlines() if "Previous line" in line]
     assert expected == ["  [Previous line repeated 497 more times]"]
     assert [line for line in block.splitlines() if "Previous line" in line] == expected

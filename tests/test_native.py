@@ -239,8 +239,8 @@ GIL_HOLDER_WORKER = """
     sys.path.insert(0, sys.argv[1])
     import tbnative, tbfast
     tbfast.enable_tracebacker(sys.argv[2], 1)
-    tbnative.start_gil_holder(3.0)
-    tbnative.start_foreign(3.0)
+    tbnative.start_gil_holder(20.0)  # killed once dumped
+    tbnative.start_foreign(20.0)
     print("ready", flush=True)
     tbnative.join()
 """
@@ -254,6 +254,7 @@ def test_a_c_thread_holding_the_gil_and_one_python_never_knew_show_their_c_funct
     try:
         assert process.stdout.readline() == "ready\n", process.stderr.read()
         time.sleep(0.2)  # the C thread has taken the GIL: the main thread waits for it
+        assert process.poll() is None, process.stderr.read()
         dump = ask(os.path.join(tmp, "tbn.1"), b"native-all\n").decode()
     finally:
         process.kill()

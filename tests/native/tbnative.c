@@ -68,6 +68,8 @@ NOINLINE void tbnative_sleep_holding_gil(double until) {
 
 static void *gil_holder(void *argument) {
     double until = now() + *(double *)argument;
+    /* Its starter first gets a moment to say so (a print needs the GIL). */
+    tbnative_nap(now() + 0.05);
     PyGILState_STATE state = PyGILState_Ensure();
     tbnative_sleep_holding_gil(until);
     PyGILState_Release(state);
