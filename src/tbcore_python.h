@@ -235,7 +235,9 @@ static inline TB_RACY int tb_frame_is_hidden(tb_frame *frame, PyCodeObject *code
    first its call ran (3.11 marks it; its caller belongs to the next call down). */
 static inline TB_RACY int tb_frame_is_eval_entry(tb_frame *frame) {
 #if PY_VERSION_HEX < 0x030C0000
-    return frame->is_entry;
+    /* As a byte: a frame popped under the walk may hold any value there, and a
+       bool that is neither 0 nor 1 is undefined behaviour (UBSan says so). */
+    return *(const volatile unsigned char *)&frame->is_entry != 0;
 #else
     (void)frame;
     return 0;
