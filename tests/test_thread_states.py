@@ -108,15 +108,17 @@ def test_the_c_gil_holder_is_listed_in_socket_and_signal_dumps(worker):
             thread = holder_thread(document, ident)
             assert thread["frames"] == [] and thread["name"] is None
             assert thread["kernel_name"] == "tbn-gil-holder"
-            assert thread["holds_gil"] and thread["state"] == "sleeping"
-            assert thread["syscall"] in ("clock_nanosleep", "nanosleep")
+            # It naps 5 ms at a time: a dump may find it between two naps, running.
+            assert thread["holds_gil"] and thread["state"] in ("sleeping", "running")
+            assert thread["syscall"] in ("clock_nanosleep", "nanosleep", None)
             assert sum(document[s] for s in ("running", "sleeping", "idle", "waiting_gil")) <= len(
                 document["threads"])
         elif fmt == "text":
             check_text(data, "socket")
             assert b"gil_holder=0x%016x" % ident in data
             assert re.search(rb'\nThread 0x%016x \(name "tbn-gil-holder" \(kernel\), native id \d+, '
-                             rb'holds the GIL, sleeping in (?:clock_)?nanosleep\) \(most recent call first\):\n'
+                             rb'holds the GIL, (?:running|sleeping in (?:clock_)?nanosleep)\) '
+                             rb'\(most recent call first\):\n'
                              rb'  <no Python frame>\n\n' % ident, data), data
         else:
             assert b"thread_id = %d filename = <no Python frame> lineno = 0 function = ? line = \n" % ident in data
