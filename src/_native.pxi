@@ -273,10 +273,15 @@ cdef void native_begin(Dumper *d, PyThreadState *tstate, DumpRequest *request, b
                 emit_syscall_name(d, status.syscall)
                 emit_str(d, b", which a signal would cut short: not asked>\n")
             return
+    native_ask(d, tid)
+
+
+cdef void native_ask(Dumper *d, long tid) noexcept nogil:
+    # Signal safe: thread `tid`'s C stack into d.native, past the dump's own frames;
+    # in text, a line saying so when it did not answer.
     d.native_count = native_stack(d, tid)
-    if d.native_count >= 0:
-        d.native_next = native_first_frame(d, d.native_count)
-    elif d.format == FORMAT_TEXT:
+    d.native_next = native_first_frame(d, d.native_count) if d.native_count > 0 else 0
+    if d.native_count < 0 and d.format == FORMAT_TEXT:
         emit_str(d, b"  [C] <no answer within 20 ms: the thread blocks signals, or is stopped>\n")
 
 
@@ -296,7 +301,6 @@ cdef void native_rest(Dumper *d, DumpRequest *request) noexcept nogil:
     """Signal safe: the C frames not shown yet: in text those under the outermost
     Python frame; in json every C frame, as a "native" array of strings beside the
     thread's frames, _PyEval_EvalFrameDefault's included."""
-    cdef Dumper line
     cdef int i
     if d.format == FORMAT_JSON:
         if d.native_count == NATIVE_NOT_ASKED:
@@ -305,30 +309,31 @@ cdef void native_rest(Dumper *d, DumpRequest *request) noexcept nogil:
         emit_str(d, b'],"native":[' if d.native_count >= 0 else
                  b'],"native_error":"no answer within 20 ms","native":[')
         for i in range(d.native_next, d.native_count):
-            line.buf = d.string
-            line.capacity = STRING_BYTES
-            line.length = 0
-            line.full = False
-            native_frame_text(&line, d.native[i], request.symbolize, d.path)
             if i > d.native_next:
                 emit_str(d, b",")
-            emit_json_string(d, line.buf, line.length)
+            emit_json_string(d, d.string, native_text(d, d.native[i], request.symbolize))
         return
     while d.native_next < d.native_count:
         emit_native_line(d, d.native[d.native_next], request.symbolize)
         d.native_next += 1
 
 
-cdef void emit_native_line(Dumper *d, void *address, bint symbolize) noexcept nogil:
-    # Signal safe when not `symbolize`: a C frame's line in the text format.
+cdef Py_ssize_t native_text(Dumper *d, void *address, bint symbolize) noexcept nogil:
+    # Signal safe when not `symbolize`: a C frame's text into d.string; its length.
     cdef Dumper line
     line.buf = d.string
     line.capacity = STRING_BYTES
     line.length = 0
     line.full = False
     native_frame_text(&line, address, symbolize, d.path)
+    return line.length
+
+
+cdef void emit_native_line(Dumper *d, void *address, bint symbolize) noexcept nogil:
+    # Signal safe when not `symbolize`: a C frame's line in the text format.
+    cdef Py_ssize_t length = native_text(d, address, symbolize)
     emit_str(d, b"  [C] ")
-    emit_printable(d, line.buf, line.length)
+    emit_printable(d, d.string, length)
     emit_str(d, b"\n")
 
 
@@ -401,10 +406,7 @@ cdef void emit_foreign_thread(Dumper *d, DumpRequest *request, long tid, const c
         emit_str(d, b', name "')
         emit_printable(d, name, name_length)
         emit_str(d, b'") (most recent call first):\n')
-    d.native_count = native_stack(d, tid)
-    d.native_next = native_first_frame(d, d.native_count) if d.native_count > 0 else 0
-    if d.native_count < 0 and d.format == FORMAT_TEXT:
-        emit_str(d, b"  [C] <no answer within 20 ms: the thread blocks signals, or is stopped>\n")
+    native_ask(d, tid)
     native_rest(d, request)
     if d.format == FORMAT_JSON:
         emit_tail_str(d, b"]}")
